@@ -1,0 +1,59 @@
+"""convert stage: validated Parquet -> model-ready arrays (`x`: N x 28 x 28 uint8, `y`: N uint8) per split.
+
+Runs only after the validate gate passed: it refuses a validation report that does not say so.
+Scaling to [0, 1] is left to the models (each paper states its own preprocessing).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import io
+from pipeline.errors import PipelineError
+from pipeline.schema import IMAGE_SIDE, LABEL_COLUMN, PIXEL_COLUMNS, SPLITS
+
+
+def table_to_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """A validated 785-column uint8 table -> (images N x 28 x 28, labels N), both uint8."""
+    labels = table.column(LABEL_COLUMN).to_numpy().astype(np.uint8, copy=False)
+    pixels = np.empty((table.num_rows, len(PIXEL_COLUMNS)), dtype=np.uint8)
+    for i, name in enumerate(PIXEL_COLUMNS):
+        pixels[:, i] = table.column(name).to_numpy()
+    return pixels.reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels
+
+
+def require_passed(report_path: Path) -> None:
+    report = io.read_json(report_path)
+    if not report.get("success"):
+        raise PipelineError(f"{report_path}: the validation gate did not pass; refusing to convert unvalidated data",
+                            hint="fix the data and re-run `dvc repro validate`")
+
+
+def convert(interim_dir: Path, report_path: Path, out_dir: Path) -> dict[str, Path]:
+    require_passed(report_path)
+    arrays = {}
+    for split in SPLITS:
+        table = pq.read_table(interim_dir / f"{split}.parquet")
+        arrays[split] = table_to_arrays(table)
+    written = {}
+    for split, (x, y) in arrays.items():
+        target = out_dir / f"{split}.npz"
+        io.save_arrays(target, x=x, y=y)
+        written[split] = target
+        print(f"convert: {split}: {len(y)} images -> {target}", file=sys.stderr)
+    return written
+
+
+def add_cli(parser) -> None:
+    parser.add_argument("--interim", type=Path, default=Path("data/interim"))
+    parser.add_argument("--report", type=Path, default=Path("data/validation/report.json"))
+    parser.add_argument("--out", type=Path, default=Path("data/processed"))
+
+
+def cli(args) -> None:
+    convert(args.interim, args.report, args.out)
