@@ -14,6 +14,7 @@ import sys
 import time
 
 from pipeline.errors import PipelineError
+from pipeline.io import workspace_lock
 
 # stage name -> (module, one-line help)
 STAGES = {
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        importlib.import_module(args._module).cli(args)
+        # One stage at a time per workspace: a second invocation fails fast instead of racing on outputs.
+        with workspace_lock("."):
+            importlib.import_module(args._module).cli(args)
     except PipelineError as exc:
         print(f"error [{args.stage}]: {exc}", file=sys.stderr)
         return exc.exit_code
