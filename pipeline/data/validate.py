@@ -1,0 +1,644 @@
+"""validate stage: a Great Expectations 1.x suite that is a HARD gate on data/interim/{train,test}.parquet.
+
+GX's cost is per expectation, not per row (one expectation per pixel column would take ~20 s), so the
+785-column table is first reduced with numpy/pyarrow to small derived frames, and a handful of
+expectations run on those. A single bad cell among the 47M still fails a row's and a column's summary:
+
+- `columns`    the real column names (a zero-row frame): ordered list label, pixel1..pixel784
+- `rows`       one row per image: row, label, null_count, pixel_min, pixel_max, non_integer_count
+               -> row count, no nulls, labels 0..9, pixels 0..255, integers only
+- `per_column` one row per column: column, position, dtype, null_count, min, max, is_integer
+               -> no nulls, integer columns, values 0..255
+- `classes`    one row per class 0..9: class, name, count, share
+               -> every class present, share within 0.1 +- class_share_tolerance
+
+NaN floats count as nulls (Arrow keeps them apart; we do not). Row numbers are 0-based positions in
+the Parquet file, which keeps the CSV's order: CSV line = row + 2.
+
+Outputs: a JSON report (a DVC metric) and GX Data Docs HTML. On failure the report goes to
+`<report stem>.failed.json` and the docs to `<docs>.failed`, so the previous good outputs stay
+byte-identical, and ValidationFailed (exit code 3) names each failed expectation with examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import io
+from pipeline.errors import PipelineError, ValidationFailed
+from pipeline.params import ValidateParams, section
+from pipeline.schema import CLASS_NAMES, CSV_COLUMNS, LABEL_COLUMN, N_CLASSES, SPLITS
+
+PIXEL_MIN, PIXEL_MAX = 0, 255
+ROW_HINT = "rows are 0-based positions in the Parquet file (= CSV line - 2)"
+
+# frame -> the column GX reports offending entries by
+INDEX_COLUMN = {"rows": "row", "per_column": "column", "classes": "class"}
+
+
+# ----------------------------------------------------------------------------------- summaries (pure)
+@dataclass
+class Summaries:
+    """The derived frames one split is validated on, plus what is needed to explain a failure."""
+
+    table: pa.Table
+    frames: dict[str, Any]  # name -> pandas.DataFrame
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    return pa.Table.from_pandas(data, preserve_index=False)
+
+
+def _column_values(col: pa.ChunkedArray) -> np.ndarray | None:
+    """A numeric column as a numpy array (nulls -> NaN, as float); None if not numeric."""
+    typ = col.type
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        return None
+    return col.to_numpy()
+
+
+def summarise(data: Any) -> Summaries:
+    """Reduce a (N x 785) table to the small frames the expectations run on. numpy/pyarrow only."""
+    import pandas as pd
+
+    table = _as_table(data)
+    n = table.num_rows
+    names = table.column_names
+    row_nulls = np.zeros(n, dtype=np.int64)
+    row_non_int = np.zeros(n, dtype=np.int64)
+    row_min = np.full(n, np.inf)
+    row_max = np.full(n, -np.inf)
+    labels = np.full(n, np.nan)
+    label_seen = False
+    col_rows: list[dict[str, Any]] = []
+    for i, name in enumerate(names):
+        col = table.column(i)
+        values = _column_values(col)
+        is_label = name == LABEL_COLUMN and not label_seen
+        if values is None:  # strings, booleans, ...: every cell is a non-integer
+            null_mask = col.is_null().to_numpy(zero_copy_only=False)
+            row_nulls += null_mask
+            row_non_int += ~null_mask
+            if is_label:
+                label_seen = True
+            col_rows.append(dict(column=name, position=i + 1, dtype=str(col.type), null_count=int(null_mask.sum()),
+                                 min=np.nan, max=np.nan, is_integer=False))
+            continue
+        if values.dtype.kind == "f":
+            nan_mask = np.isnan(values)
+            null_count = int(nan_mask.sum())
+            if null_count:
+                row_nulls += nan_mask
+            with np.errstate(invalid="ignore"):
+                frac = ~nan_mask & ((values != np.floor(values)) | np.isinf(values))  # 2.5, inf
+            non_int = int(frac.sum())
+            if non_int:
+                row_non_int += frac
+            # An integer column with nulls arrives here as float: its declared type still decides.
+            is_integer = non_int == 0 if pa.types.is_floating(col.type) else True
+            vmin = float(np.nanmin(values)) if null_count < n else np.nan
+            vmax = float(np.nanmax(values)) if null_count < n else np.nan
+        else:
+            null_count, is_integer = 0, True
+            vmin = float(values.min()) if n else np.nan
+            vmax = float(values.max()) if n else np.nan
+        if is_label:
+            label_seen = True
+            labels = values.astype(np.float64, copy=False)
+        else:
+            np.fmin(row_min, values, out=row_min)
+            np.fmax(row_max, values, out=row_max)
+        col_rows.append(dict(column=name, position=i + 1, dtype=str(col.type), null_count=null_count,
+                             min=vmin, max=vmax, is_integer=bool(is_integer)))
+    empty = (row_min == np.inf) & (row_max == -np.inf)  # rows without a single numeric pixel value
+    row_min[empty] = np.nan
+    row_max[empty] = np.nan
+
+    valid = ~np.isnan(labels)
+    valid[valid] = (labels[valid] >= 0) & (labels[valid] < N_CLASSES) & (labels[valid] == np.floor(labels[valid]))
+    counts = np.bincount(labels[valid].astype(np.int64), minlength=N_CLASSES)[:N_CLASSES]
+    shares = counts / n if n else np.zeros(N_CLASSES)
+
+    frames = {
+        "columns": pd.DataFrame(columns=list(names)),
+        "rows": pd.DataFrame({
+            "row": np.arange(n, dtype=np.int64), "label": labels, "null_count": row_nulls,
+            "pixel_min": row_min, "pixel_max": row_max, "non_integer_count": row_non_int,
+        }),
+        "per_column": pd.DataFrame(col_rows, columns=["column", "position", "dtype", "null_count", "min", "max",
+                                                      "is_integer"]),
+        "classes": pd.DataFrame({"class": np.arange(N_CLASSES), "name": list(CLASS_NAMES),
+                                 "count": counts.astype(np.int64), "share": shares}),
+    }
+    return Summaries(table=table, frames=frames)
+
+
+# ------------------------------------------------------------------------------------- expectations
+def check_params(params: ValidateParams, splits: tuple[str, ...] = SPLITS) -> None:
+    missing = [s for s in splits if s not in (params.expected_rows or {})]
+    if missing:
+        raise PipelineError(f"params.yaml: validate.expected_rows has no entry for {', '.join(missing)}",
+                            hint="give the expected row count of every split, e.g. {train: 60000, test: 10000}")
+    for split in splits:
+        value = params.expected_rows[split]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PipelineError(
+                f"params.yaml: validate.expected_rows.{split} must be a positive integer, got {value!r}")
+    tol = params.class_share_tolerance
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol <= 1 / N_CLASSES:
+        raise PipelineError(f"params.yaml: validate.class_share_tolerance must be in 0..0.1, got {tol!r}")
+    if not isinstance(params.max_examples, int) or params.max_examples < 1:
+        raise PipelineError(
+            f"params.yaml: validate.max_examples must be a positive integer, got {params.max_examples!r}")
+
+
+def share_bounds(params: ValidateParams) -> tuple[float, float]:
+    tol = float(params.class_share_tolerance)
+    return round(1 / N_CLASSES - tol, 10), round(1 / N_CLASSES + tol, 10)
+
+
+def build_expectations(split: str, params: ValidateParams) -> dict[str, list]:
+    """frame name -> the GX expectations run on it. `meta.check` names each check in the report."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    lo, hi = share_bounds(params)
+
+    def m(check: str, description: str) -> dict:
+        return {"check": check, "description": description}
+
+    return {
+        "columns": [
+            E.ExpectTableColumnsToMatchOrderedList(
+                column_list=list(CSV_COLUMNS), meta=m("column_order", "columns are label, pixel1..pixel784 in order")),
+        ],
+        "rows": [
+            E.ExpectTableRowCountToEqual(value=int(params.expected_rows[split]),
+                                         meta=m("row_count", f"{params.expected_rows[split]} rows")),
+            E.ExpectColumnValuesToBeInSet(column="null_count", value_set=[0],
+                                          meta=m("row_nulls", "no null/NaN cell in any row")),
+            E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=N_CLASSES - 1,
+                                            meta=m("label_range", "labels in 0..9")),
+            E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=PIXEL_MIN,
+                                            meta=m("pixel_min", "every pixel >= 0")),
+            E.ExpectColumnValuesToBeBetween(column="pixel_max", max_value=PIXEL_MAX,
+                                            meta=m("pixel_max", "every pixel <= 255")),
+            E.ExpectColumnValuesToBeInSet(column="non_integer_count", value_set=[0],
+                                          meta=m("row_integers", "every cell is an integer")),
+        ],
+        "per_column": [
+            E.ExpectColumnValuesToBeInSet(column="null_count", value_set=[0],
+                                          meta=m("column_nulls", "no column holds a null")),
+            E.ExpectColumnValuesToBeInSet(column="is_integer", value_set=[True],
+                                          meta=m("column_integers", "every column holds integers")),
+            E.ExpectColumnValuesToBeBetween(column="min", min_value=PIXEL_MIN, max_value=PIXEL_MAX,
+                                            meta=m("column_min", "every column's minimum in 0..255")),
+            E.ExpectColumnValuesToBeBetween(column="max", min_value=PIXEL_MIN, max_value=PIXEL_MAX,
+                                            meta=m("column_max", "every column's maximum in 0..255")),
+        ],
+        "classes": [
+            E.ExpectColumnValuesToBeBetween(column="count", min_value=1,
+                                            meta=m("class_present", "every class 0..9 present")),
+            E.ExpectColumnValuesToBeBetween(column="share", min_value=lo, max_value=hi,
+                                            meta=m("class_share", f"each class's share in {lo:g}..{hi:g}")),
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ GX machinery
+def _import_gx():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    return gx
+
+
+class GxRunner:
+    """One ephemeral GX context; each (split, frame) is a suite + validation definition on a pandas batch."""
+
+    DOCS_SITE = "pipeline_docs"
+
+    def __init__(self, docs_dir: Path | None = None):
+        gx = _import_gx()
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.gx = gx
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.datasource = self.context.data_sources.add_pandas("fmnist")
+        self.batch_defs: dict[str, Any] = {}
+        self.docs_dir = docs_dir
+        if docs_dir is not None:
+            self.context.add_data_docs_site(site_name=self.DOCS_SITE, site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(Path(docs_dir).resolve())},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+
+    def _batch_definition(self, frame: str):
+        if frame not in self.batch_defs:
+            asset = self.datasource.add_dataframe_asset(frame)
+            self.batch_defs[frame] = asset.add_batch_definition_whole_dataframe(f"{frame}_all")
+        return self.batch_defs[frame]
+
+    def run(self, split: str, frame: str, df, expectations: list, max_examples: int):
+        gx = self.gx
+        name = f"{split}.{frame}"
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        vd = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=self._batch_definition(frame), suite=suite))
+        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max_examples}
+        if frame in INDEX_COLUMN:
+            result_format["unexpected_index_column_names"] = [INDEX_COLUMN[frame]]
+        return vd.run(batch_parameters={"dataframe": df}, result_format=result_format)
+
+    def build_docs(self) -> None:
+        if self.docs_dir is not None:
+            self.context.build_data_docs(site_names=[self.DOCS_SITE])
+
+
+# -------------------------------------------------------------------------------- results -> report
+def _plain(value: Any) -> Any:
+    """GX/numpy values -> JSON-safe Python values (NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        if math.isnan(f) or math.isinf(f):
+            return None
+        return int(f) if f.is_integer() and abs(f) < 2**53 else f
+    if value is None or isinstance(value, (str, int)):
+        return value
+    return str(value)
+
+
+def _fmt(value: Any) -> str:
+    value = _plain(value)
+    return "null" if value is None else str(value)
+
+
+def _indices(result: dict, key: str) -> list:
+    return [entry.get(key) for entry in result.get("partial_unexpected_index_list") or []]
+
+
+def _cells(table: pa.Table, row: int, positions: list[int], predicate) -> list[str]:
+    """`name=value` for the cells of `row` (among column positions) that satisfy predicate(value)."""
+    hits = []
+    for pos in positions:
+        value = table.column(pos)[row].as_py()
+        if predicate(value):
+            hits.append((table.column_names[pos], value))
+    return [f"{name}={'null' if v is None else v}" for name, v in hits]
+
+
+def _is_nullish(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _column_order_detail(actual: list[str]) -> tuple[str, dict]:
+    expected = list(CSV_COLUMNS)
+    missing = [c for c in expected if c not in actual]
+    unexpected = [c for c in actual if c not in expected]
+    dupes = sorted({c for c in actual if actual.count(c) > 1})
+    parts, detail = [], {"column_count": len(actual)}
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
+
+    if missing:
+        parts.append(f"missing column(s): {few(missing)}")
+        detail["missing"] = missing
+    if unexpected:
+        parts.append(f"unexpected column(s): {few(unexpected)}")
+        detail["unexpected"] = unexpected
+    if dupes:
+        parts.append(f"duplicated column(s): {few(dupes)}")
+        detail["duplicated"] = dupes
+    if not (missing or unexpected or dupes):
+        mismatches = [i for i, (a, e) in enumerate(zip(actual, expected)) if a != e]
+        first = mismatches[0]
+        parts.append(f"columns out of order: position {first + 1} is {actual[first]}, expected {expected[first]}"
+                     + (f" ({len(mismatches)} positions differ)" if len(mismatches) > 1 else ""))
+        detail["out_of_order"] = [{"position": i + 1, "found": actual[i], "expected": expected[i]}
+                                  for i in mismatches[:5]]
+        detail["positions_differing"] = len(mismatches)
+    if len(actual) != len(expected):
+        parts.append(f"{len(actual)} columns, expected {len(expected)}")
+    return "; ".join(parts), detail
+
+
+def explain(split: str, check: str, result: dict, summ: Summaries, params: ValidateParams) -> tuple[str, Any, list]:
+    """(one-line message, observed summary, examples) for a failed expectation."""
+    table, frames, k = summ.table, summ.frames, params.max_examples
+    per_col = frames["per_column"]
+    if check == "column_order":
+        msg, detail = _column_order_detail(list(table.column_names))
+        return f"{split}: {msg}", detail, detail.get("out_of_order") or detail.get("missing", [])[:k]
+    if check == "row_count":
+        observed = result.get("observed_value")
+        return (f"{split}: {observed} rows, expected {params.expected_rows[split]}",
+                {"rows": observed, "expected": params.expected_rows[split]}, [])
+    count = result.get("unexpected_count", 0)
+    if check == "row_nulls":
+        rows = _indices(result, "row")
+        null_positions = [int(p) - 1 for p, c in zip(per_col["position"], per_col["null_count"]) if c > 0]
+        examples = [{"row": r, "columns": [c.split("=")[0] for c in _cells(table, r, null_positions, _is_nullish)]}
+                    for r in rows]
+        cells = int(frames["rows"]["null_count"].sum())
+        text = "; ".join(f"row {e['row']}, column {', '.join(e['columns'])}" for e in examples)
+        return (f"{split}: {cells} null cell(s) in {count} row(s): {text}",
+                {"null_cells": cells, "rows_with_nulls": count}, examples)
+    if check == "label_range":
+        rows = _indices(result, "row")
+        labels = frames["rows"]["label"]
+        examples = [{"row": r, "label": _plain(labels.iat[r])} for r in rows]
+        text = ", ".join(f"row {e['row']} -> {_fmt(e['label'])}" for e in examples)
+        return (f"{split}: {count} label value(s) outside 0..{N_CLASSES - 1}: {text}",
+                {"unexpected_count": count}, examples)
+    if check in ("pixel_min", "pixel_max", "row_integers"):
+        rows = _indices(result, "row")
+        if check == "row_integers":
+            def predicate(v):
+                return not _is_nullish(v) and not (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
+            what = "row(s) hold non-integer values"
+        else:
+            def predicate(v):
+                return isinstance(v, (int, float)) and not _is_nullish(v) and not PIXEL_MIN <= v <= PIXEL_MAX
+            what = f"row(s) hold pixel values outside {PIXEL_MIN}..{PIXEL_MAX}"
+        positions = [i for i, name in enumerate(table.column_names) if name != LABEL_COLUMN or check == "row_integers"]
+        examples = [{"row": r, "cells": _cells(table, r, positions, predicate)[:k]} for r in rows]
+        text = "; ".join(f"row {e['row']}: {', '.join(e['cells'])}" for e in examples)
+        return f"{split}: {count} {what}: {text}", {"unexpected_count": count}, examples
+    if check in ("column_nulls", "column_integers", "column_min", "column_max"):
+        cols = _indices(result, "column")
+        by_name = per_col.drop_duplicates("column").set_index("column")
+        examples = []
+        for c in cols:
+            info = by_name.loc[c]
+            examples.append({"column": c, "dtype": info["dtype"], "null_count": _plain(info["null_count"]),
+                             "min": _plain(info["min"]), "max": _plain(info["max"])})
+        if check == "column_nulls":
+            text = ", ".join(f"{e['column']} ({e['null_count']} null)" for e in examples)
+            return f"{split}: {count} column(s) hold nulls: {text}", {"unexpected_count": count}, examples
+        if check == "column_integers":
+            text = ", ".join(f"{e['column']} ({e['dtype']})" for e in examples)
+            return f"{split}: {count} column(s) are not integer: {text}", {"unexpected_count": count}, examples
+        text = ", ".join(f"{e['column']} (min {_fmt(e['min'])}, max {_fmt(e['max'])})" for e in examples)
+        return (f"{split}: {count} column(s) with values outside {PIXEL_MIN}..{PIXEL_MAX}: {text}",
+                {"unexpected_count": count}, examples)
+    if check in ("class_present", "class_share"):
+        classes = frames["classes"]
+        idx = _indices(result, "class")
+        examples = [{"class": int(c), "name": CLASS_NAMES[int(c)], "count": int(classes["count"].iat[int(c)]),
+                     "share": round(float(classes["share"].iat[int(c)]), 6)} for c in idx]
+        if check == "class_present":
+            text = ", ".join(f"'{e['name']}' ({e['class']})" for e in examples)
+            return f"{split}: {count} class(es) have no rows: {text}", {"unexpected_count": count}, examples
+        lo, hi = share_bounds(params)
+        text = "; ".join(f"class '{e['name']}' ({e['class']}) share {e['share']:.3f} ({e['count']} rows)"
+                         for e in examples)
+        return (f"{split}: {count} class share(s) outside {lo:g}..{hi:g}: {text}",
+                {"unexpected_count": count}, examples)
+    return f"{split}: expectation {check} failed", _plain(result), []
+
+
+def _observed(result: dict) -> dict:
+    if "observed_value" in result:
+        value = result["observed_value"]
+        if isinstance(value, list) and len(value) > 20:  # the 785 column names: keep the metric file small
+            return {"column_count": len(value)}
+        return {"observed_value": _plain(value)}
+    keys = ("element_count", "unexpected_count", "missing_count")
+    return {key: _plain(result[key]) for key in keys if key in result}
+
+
+@dataclass
+class SplitResult:
+    split: str
+    rows: int
+    columns: int
+    success: bool
+    expectations: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "rows": self.rows, "columns": self.columns,
+                "expectations_total": len(self.expectations),
+                "expectations_failed": sum(not e["success"] for e in self.expectations),
+                "summary": self.summary, "failures": self.failures, "expectations": self.expectations}
+
+
+def _summary_numbers(summ: Summaries) -> dict[str, Any]:
+    rows, classes = summ.frames["rows"], summ.frames["classes"]
+    return {
+        "null_cells": int(rows["null_count"].sum()),
+        "label_min": _plain(rows["label"].min()), "label_max": _plain(rows["label"].max()),
+        "pixel_min": _plain(rows["pixel_min"].min()), "pixel_max": _plain(rows["pixel_max"].max()),
+        "class_counts": {name: int(c) for name, c in zip(CLASS_NAMES, classes["count"])},
+    }
+
+
+def _validate_one(runner: GxRunner, data: Any, split: str, params: ValidateParams) -> SplitResult:
+    summ = summarise(data)
+    expectations = build_expectations(split, params)
+    checks: list[dict] = []
+    failures: list[str] = []
+    for frame, exps in expectations.items():
+        validation = runner.run(split, frame, summ.frames[frame], exps, params.max_examples)
+        for res in validation.results:
+            config, result = res.expectation_config, res.result or {}
+            meta = config.meta or {}
+            kwargs = {k: _plain(v) for k, v in config.kwargs.items() if k not in ("batch_id", "column_list")}
+            entry = {"name": meta.get("check", config.type), "description": meta.get("description"),
+                     "expectation": config.type, "frame": frame, "kwargs": kwargs, "success": bool(res.success),
+                     "observed": _observed(result), "examples": []}
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                entry["error"] = str(res.exception_info.get("exception_message"))
+                failures.append(f"{split}: expectation {entry['name']} could not run: {entry['error']}")
+            elif not res.success:
+                message, observed, examples = explain(split, entry["name"], result, summ, params)
+                entry["observed"].update(_plain(observed) if isinstance(observed, dict) else {"detail": observed})
+                entry["examples"] = _plain(examples)
+                entry["message"] = message
+                failures.append(message)
+            checks.append(entry)
+    return SplitResult(split=split, rows=summ.table.num_rows, columns=summ.table.num_columns,
+                       success=not failures and all(c["success"] for c in checks),
+                       expectations=checks, failures=failures, summary=_summary_numbers(summ))
+
+
+def validate_table(data: Any, split: str, params: ValidateParams | None = None) -> SplitResult:
+    """Validate one split's table (pyarrow Table or pandas DataFrame). Pure: writes nothing."""
+    params = params or ValidateParams()
+    check_params(params, (split,))
+    return _validate_one(GxRunner(), data, split, params)
+
+
+def validate_tables(tables: Mapping[str, Any], params: ValidateParams | None = None,
+                    docs_dir: Path | None = None) -> dict[str, Any]:
+    """Validate every split; return the report dict. With docs_dir, GX Data Docs are built there."""
+    params = params or ValidateParams()
+    check_params(params, tuple(tables))
+    runner = GxRunner(docs_dir)
+    results = {split: _validate_one(runner, data, split, params) for split, data in tables.items()}
+    runner.build_docs()
+    return make_report(results)
+
+
+def render_summary_html(report: dict[str, Any]) -> str:
+    """A small self-contained HTML page of the report (GX's Data Docs load their CSS/JS from CDNs,
+    so offline they render unstyled; this page needs nothing from the network)."""
+    from html import escape
+
+    verdict = "PASSED" if report["success"] else "FAILED"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Fashion-MNIST validation</title><style>",
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        ".ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}code{font-size:90%}",
+        "</style></head><body>",
+        f"<h1>Fashion-MNIST validation: <span class='{'ok' if report['success'] else 'bad'}'>{verdict}</span></h1>",
+        f"<p>Great Expectations {escape(str(report['great_expectations']))}. Full GX Data Docs: "
+        "<a href='index.html'>index.html</a>. Rows are 0-based positions in the Parquet file.</p>",
+    ]
+    if report["failures"]:
+        parts.append("<ul>" + "".join(f"<li class='bad'>{escape(m)}</li>" for m in report["failures"]) + "</ul>")
+    for split, res in report["splits"].items():
+        passed = res["expectations_total"] - res["expectations_failed"]
+        parts.append(f"<h2>{escape(split)}: {res['rows']} rows x {res['columns']} columns, "
+                     f"{passed}/{res['expectations_total']} passed</h2>")
+        parts.append("<table><tr><th>check</th><th>expectation</th><th>frame</th><th>result</th>"
+                     "<th>observed</th><th>examples</th></tr>")
+        for e in res["expectations"]:
+            cls, word = ("ok", "pass") if e["success"] else ("bad", "FAIL")
+            parts.append(
+                f"<tr><td>{escape(e['name'])}<br><small>{escape(e.get('description') or '')}</small></td>"
+                f"<td><code>{escape(e['expectation'])}</code><br><small>{escape(json.dumps(e['kwargs']))}</small></td>"
+                f"<td>{escape(e['frame'])}</td><td class='{cls}'>{word}</td>"
+                f"<td><code>{escape(json.dumps(e['observed']))}</code></td>"
+                f"<td><code>{escape(json.dumps(e['examples']))}</code></td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def make_report(results: Mapping[str, SplitResult]) -> dict[str, Any]:
+    import great_expectations as gx
+
+    failures = [msg for r in results.values() for msg in r.failures]
+    return {
+        "success": all(r.success for r in results.values()),
+        "failed_expectations": sum(not e["success"] for r in results.values() for e in r.expectations),
+        "great_expectations": gx.__version__,
+        "failures": failures,
+        "splits": {split: r.to_dict() for split, r in results.items()},
+    }
+
+
+def read_interim(interim_dir: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, pa.Table]:
+    tables = {}
+    for split in splits:
+        path = Path(interim_dir) / f"{split}.parquet"
+        if not path.exists():
+            raise PipelineError(f"{path}: file not found", hint="run the ingest stage first (dvc repro ingest)")
+        try:
+            tables[split] = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PipelineError(f"{path}: not a readable Parquet file: {exc}",
+                                hint="re-run the ingest stage (dvc repro ingest)") from None
+    return tables
+
+
+def validate_dir(interim_dir: Path, params: ValidateParams | None = None, docs_dir: Path | None = None) -> dict:
+    """Validate data/interim/{train,test}.parquet; return the report dict (report['success'] is the verdict)."""
+    params = params or ValidateParams()
+    check_params(params)
+    return validate_tables(read_interim(Path(interim_dir)), params, docs_dir)
+
+
+# ------------------------------------------------------------------------------------------ I/O shell
+def failed_paths(report_path: Path, docs_dir: Path) -> tuple[Path, Path]:
+    report_path, docs_dir = Path(report_path), Path(docs_dir)
+    return report_path.with_name(f"{report_path.stem}.failed.json"), docs_dir.with_name(f"{docs_dir.name}.failed")
+
+
+def validate(interim_dir: Path, report_path: Path, docs_dir: Path, params: ValidateParams) -> dict:
+    """Run the gate and write its outputs; raise ValidationFailed (exit 3) when it rejects the data.
+
+    Success replaces report + docs atomically and removes stale `.failed` outputs; failure writes only
+    the `.failed` siblings, leaving the previous good report and docs byte-identical.
+    """
+    import shutil
+
+    started = time.monotonic()
+    check_params(params)
+    tables = read_interim(Path(interim_dir))
+    failed_report, failed_docs = failed_paths(report_path, docs_dir)
+    # Build the docs in a temporary directory; only a passing gate swaps it in for docs_dir.
+    staging = Path(docs_dir).with_name(f".{Path(docs_dir).name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        report = validate_tables(tables, params, docs_dir=staging)
+        target_report, target_docs = (report_path, docs_dir) if report["success"] else (failed_report, failed_docs)
+        with io.atomic_dir(target_docs) as tmp:
+            shutil.rmtree(tmp)
+            if staging.is_dir():
+                os.replace(staging, tmp)
+            else:
+                tmp.mkdir()
+            (tmp / "summary.html").write_text(render_summary_html(report), encoding="utf-8")
+        io.write_json(target_report, report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for split, res in report["splits"].items():
+        print(f"validate: {split}: {res['rows']} rows, {res['expectations_total'] - res['expectations_failed']}/"
+              f"{res['expectations_total']} expectations passed", file=sys.stderr)
+    if not report["success"]:
+        lines = "\n".join(f"  - {msg}" for msg in report["failures"])
+        raise ValidationFailed(
+            f"data validation failed: {report['failed_expectations']} expectation(s) not met\n{lines}\n"
+            f"  report: {failed_report}\n  data docs: {failed_docs / 'index.html'}"
+            + (f"\n  (the previous good {report_path} was left untouched)" if Path(report_path).exists() else ""),
+            hint=f"fix the source data (or params.yaml `validate`) and re-run; {ROW_HINT}",
+        )
+    failed_report.unlink(missing_ok=True)
+    shutil.rmtree(failed_docs, ignore_errors=True)
+    print(f"validate: report {report_path}, data docs {Path(docs_dir) / 'index.html'} "
+          f"({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return report
+
+
+def add_cli(parser) -> None:
+    parser.add_argument("--interim", type=Path, default=Path("data/interim"),
+                        help="directory with {train,test}.parquet")
+    parser.add_argument("--report", type=Path, default=Path("data/validation/report.json"),
+                        help="JSON report, a DVC metric (failures go to <stem>.failed.json)")
+    parser.add_argument("--docs", type=Path, default=Path("data/validation/docs"), help="GX Data Docs HTML directory")
+
+
+def cli(args) -> None:
+    params = section(ValidateParams, "validate", path=args.params)
+    validate(args.interim, args.report, args.docs, params)
