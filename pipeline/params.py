@@ -91,3 +91,53 @@ class SplitParams:
     train_size: int = 48000
     val_size: int = 12000
     seed: int = 42
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    # Models the DVC `train` stage trains (foreach); names from pipeline.models.names().
+    models: list[str] = field(default_factory=list)
+    seed: int = 42
+    # true: the exact GradientBoostingClassifier(100 trees, depth 10) (~2-2.5 h on 2 cores) instead of
+    # the HistGradientBoostingClassifier stand-in.
+    exact_gradient_boosting: bool = False
+    # mixed_float16 on a GPU (ignored on CPU).
+    mixed_precision: bool = False
+    # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
+    tf_data: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    # Images per call when predicting the test set; throughput is measured at this batch size.
+    batch_size: int = 1024
+    # Timed single-image predictions (median reported) and untimed warm-up calls before them.
+    latency_calls: int = 50
+    warmup_calls: int = 5
+
+    def __post_init__(self):
+        for key in ("batch_size", "latency_calls"):
+            if getattr(self, key) < 1:
+                raise PipelineError(f"params.yaml: evaluate.{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup_calls < 0:
+            raise PipelineError(f"params.yaml: evaluate.warmup_calls must be >= 0, got {self.warmup_calls}")
+
+
+@dataclass(frozen=True)
+class PublishParams:
+    # McNemar tests between every pair of the `mcnemar_top` most accurate models.
+    mcnemar_top: int = 5
+    # Significance level, applied to Holm-adjusted p-values (family-wise over all pairs tested).
+    alpha: float = 0.05
+    # Test images shown in each of the correct / misclassified grids for the best model.
+    sample_images: int = 16
+    # Figure resolution (PNG).
+    dpi: int = 110
+
+    def __post_init__(self):
+        if self.mcnemar_top < 2:
+            raise PipelineError(f"params.yaml: publish.mcnemar_top must be >= 2, got {self.mcnemar_top}")
+        if not 0 < self.alpha < 1:
+            raise PipelineError(f"params.yaml: publish.alpha must lie in (0, 1), got {self.alpha}")
+        if self.sample_images < 1 or self.dpi < 30:
+            raise PipelineError("params.yaml: publish.sample_images must be >= 1 and publish.dpi >= 30")

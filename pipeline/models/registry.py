@@ -1,0 +1,374 @@
+"""The ONE model registry: every trainable model, its source, its published numbers, its builder.
+
+All numbers quoted from the papers live here (`ModelSpec.published`) and nowhere else; evaluate and
+publish read them from here. Importing this module is cheap: Keras/scikit-learn are imported only
+when a model is built or loaded.
+
+    names()                 -> every registered name, in the canonical order
+    get(name)               -> ModelSpec (PipelineError listing valid names on an unknown one)
+    spec.hyperparams(over)  -> the spec's defaults merged with params.yaml `models.<name>` (strict)
+    spec.build(hp, ...)     -> compiled Keras model, or unfitted sklearn Pipeline
+    preprocess(family, x)   -> the input transform used in training AND prediction
+    load_predictor(dir)     -> safe loader: uint8 (N,28,28) -> class probabilities (N,10)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_CLASSES, N_PIXELS
+
+KERAS_FILE = "model.keras"
+SKOPS_FILE = "model.skops"
+
+PAPER_A = "Paper A"
+PAPER_B = "Paper B"
+BENCHMARK = "Xiao et al. 2017 benchmark"
+OURS = "ours"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str                         # "keras" | "sklearn"
+    source: str                         # PAPER_A | PAPER_B | BENCHMARK | OURS
+    description: str
+    published: Mapping[str, Any]        # paper numbers, with what kind of number each is
+    builder: Callable[..., Any] = field(repr=False)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # default hyperparameters
+    stand_in_for: str | None = None     # set when the default estimator replaces the published one
+
+    def hyperparams(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults merged with `overrides` (params.yaml `models.<name>`); unknown keys are errors."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            raise PipelineError(
+                f"params.yaml: unknown hyperparameter(s) for model `{self.name}`: {', '.join(unknown)}",
+                hint=f"valid keys are: {', '.join(sorted(self.defaults))}")
+        return {**self.defaults, **overrides}
+
+    def build(self, hp: Mapping[str, Any], *, seed: int = 42, steps_per_epoch: int | None = None,
+              exact_gradient_boosting: bool = False):
+        if self.family == "keras":
+            return self.builder(dict(hp), steps_per_epoch, name=self.name)
+        if self.name == "gradient-boosting":
+            return self.builder(dict(hp), seed, exact=exact_gradient_boosting)
+        return self.builder(dict(hp), seed)
+
+    def effective_stand_in_for(self, exact_gradient_boosting: bool = False) -> str | None:
+        if self.name == "gradient-boosting" and exact_gradient_boosting:
+            return None
+        return self.stand_in_for
+
+
+# ------------------------------------------------------------------------------------ builders
+def _keras(fn_name: str) -> Callable[..., Any]:
+    def build(hp, steps_per_epoch, *, name):
+        from pipeline.models import cnn
+        return getattr(cnn, fn_name)(hp, steps_per_epoch, name=name)
+    return build
+
+
+def _sk(fn_name: str) -> Callable[..., Any]:
+    def build(hp, seed, **kw):
+        from pipeline.models import baselines
+        return getattr(baselines, fn_name)(hp, seed, **kw)
+    return build
+
+
+# ------------------------------------------------------------------------------- published data
+def _paper_a(val_acc: float, params: int, params_note: str, tf1: tuple, tf2: tuple) -> dict[str, Any]:
+    return {
+        "accuracy": val_acc,
+        "accuracy_kind": "validation accuracy (paper A Table 1; = TF2 'test' column of Table 2)",
+        "params": params,
+        "params_note": params_note,
+        "tf1_train_loss": tf1[0], "tf1_test_loss": tf1[1], "tf1_train_accuracy": tf1[2], "tf1_test_accuracy": tf1[3],
+        "tf2_train_loss": tf2[0], "tf2_test_loss": tf2[1], "tf2_train_accuracy": tf2[2], "tf2_test_accuracy": tf2[3],
+        "table2_note": "paper A Table 2 (TF1 = original work, TF2 = re-run); losses and accuracies (%)",
+        "epochs": 12, "batch_size": 128, "optimizer": "Adadelta",
+    }
+
+
+_PAPER_B_CLASS_REPORT = {  # class -> (precision, recall, f1), paper B Table 3, model with dropout
+    "T-shirt/top": (0.88, 0.87, 0.88), "Trouser": (0.99, 0.99, 0.99), "Pullover": (0.93, 0.83, 0.88),
+    "Dress": (0.93, 0.95, 0.94), "Coat": (0.87, 0.91, 0.89), "Sandal": (0.99, 0.98, 0.99),
+    "Shirt": (0.76, 0.80, 0.78), "Sneaker": (0.96, 0.96, 0.96), "Bag": (0.99, 0.99, 0.99),
+    "Ankle boot": (0.96, 0.97, 0.97),
+}
+assert tuple(_PAPER_B_CLASS_REPORT) == CLASS_NAMES
+
+
+def _benchmark(acc: float, config: str) -> dict[str, Any]:
+    return {
+        "accuracy": acc,
+        "accuracy_kind": "test accuracy on the official 10k test set (Xiao et al. 2017 benchmark, best "
+                         "configuration, trained on all 60k; as quoted in paper A Table 1)",
+        "config": config,
+    }
+
+
+_SK_COMMON = {"train_eval_samples": 10000}
+
+_SPECS: list[ModelSpec] = [
+    # ---------------------------------------------------------------- paper A
+    ModelSpec(
+        "cnn-dropout-1", "keras", PAPER_A,
+        "2 x (conv3x3 32/64 'same' -> maxpool2 -> dropout 0.5), dense 128, dense 64, softmax; Adadelta lr 1.0 "
+        "(widths are our conventional reconstruction: the paper's figure is not in the text)",
+        _paper_a(98.69, 44426, "published trainable parameters (paper A section 5.1)",
+                 (0.21, 0.26, 91.87, 90.35), (0.13, 0.04, 96.47, 98.69)),
+        _keras("paper_a_dropout"),
+        {"epochs": 12, "batch_size": 128, "learning_rate": 1.0, "rho": 0.95,
+         "filters": [32, 64], "dense_units": [128, 64], "dropout": 0.5},
+    ),
+    ModelSpec(
+        "cnn-dropout-2", "keras", PAPER_A,
+        "2 x (conv3x3 -> conv3x3 -> maxpool2 -> dropout 0.5) with 32/64 filters 'same', dense 128, dense 64, "
+        "softmax; Adadelta lr 1.0 (conventional reconstruction)",
+        _paper_a(99.08, 32340, "'about 32340' trainable parameters (paper A section 5.2)",
+                 (0.19, 0.25, 92.59, 90.81), (0.08, 0.03, 97.51, 99.08)),
+        _keras("paper_a_dropout_2"),
+        {"epochs": 12, "batch_size": 128, "learning_rate": 1.0, "rho": 0.95,
+         "filters": [32, 64], "dense_units": [128, 64], "dropout": 0.5},
+    ),
+    ModelSpec(
+        "cnn-dropout-3", "keras", PAPER_A,
+        "as cnn-dropout-1 with considerably lower dropout (0.1); Adadelta lr 1.0 (conventional reconstruction)",
+        _paper_a(99.10, 44426, "published trainable parameters (paper A section 5.1)",
+                 (0.14, 0.25, 94.53, 90.86), (0.06, 0.02, 98.06, 99.10)),
+        _keras("paper_a_dropout"),
+        {"epochs": 12, "batch_size": 128, "learning_rate": 1.0, "rho": 0.95,
+         "filters": [32, 64], "dense_units": [128, 64], "dropout": 0.1},
+    ),
+    ModelSpec(
+        "cnn-simple", "keras", PAPER_A,
+        "conv3x3 32 -> conv3x3 64 ('same') -> ONE maxpool2 (14x14x64 to the dense layer) -> dropout 0.25 -> "
+        "dense 128 -> dropout 0.5 -> softmax; Adadelta lr 1.0 (Keras mnist_cnn lineage)",
+        _paper_a(99.05, 110968, "published trainable parameters (paper A section 5.3)",
+                 (0.04, 0.26, 98.91, 91.72), (0.03, 0.02, 98.95, 99.05)),
+        _keras("paper_a_simple"),
+        {"epochs": 12, "batch_size": 128, "learning_rate": 1.0, "rho": 0.95,
+         "filters": [32, 64], "dense_units": 128, "dropout_conv": 0.25, "dropout_dense": 0.5},
+    ),
+    # ---------------------------------------------------------------- paper B
+    ModelSpec(
+        "paper-b-cnn", "keras", PAPER_B,
+        "conv32-pool-conv64-pool-conv128-pool (3x3 'valid', 2x2 pools), flatten, dense 128, softmax; Adam, "
+        "categorical cross-entropy on one-hot labels; no dropout (the overfitting model)",
+        {"train_accuracy": 99.5, "accuracy": 91.5,
+         "accuracy_kind": "validation accuracy, 'about' (paper B III.D; 48k/12k split; model without dropout)",
+         "epochs": 50, "optimizer": "Adam"},
+        _keras("paper_b"),
+        {"epochs": 50, "batch_size": 128, "learning_rate": 0.001, "filters": [32, 64, 128],
+         "dense_units": 128, "padding": "valid", "dropout_conv": 0.0, "dropout_dense": 0.0},
+    ),
+    ModelSpec(
+        "paper-b-cnn-dropout", "keras", PAPER_B,
+        "paper-b-cnn with dropout after each conv block (0.25) and after the dense layer (0.5)",
+        {"accuracy": 92.56, "accuracy_kind": "test accuracy on the official 10k test set (paper B Table 2)",
+         "correct": 9256, "incorrect": 744, "train_accuracy": 92.0, "val_accuracy": 93.0,
+         "train_val_note": "'about 92 and 93 percent' (paper B III.D)",
+         "class_report": {c: {"precision": p, "recall": r, "f1": f}
+                          for c, (p, r, f) in _PAPER_B_CLASS_REPORT.items()},
+         "class_report_kind": "per-class precision/recall/F1 on the test set (paper B Table 3)",
+         "epochs": 50, "optimizer": "Adam"},
+        _keras("paper_b"),
+        {"epochs": 50, "batch_size": 128, "learning_rate": 0.001, "filters": [32, 64, 128],
+         "dense_units": 128, "padding": "valid", "dropout_conv": 0.25, "dropout_dense": 0.5},
+    ),
+    # ---------------------------------------------------------------- ours
+    ModelSpec(
+        "cnn-ours", "keras", OURS,
+        "2 x (conv-BN-ReLU x2 -> maxpool -> dropout) with 32/64 filters, dense 128 + BN + dropout, softmax; "
+        "in-model horizontal flip + 10% shifts; AdamW with cosine-decayed learning rate; label smoothing 0.05",
+        {"target_accuracy": 93.5, "accuracy_kind": "our target test accuracy (not a published number)"},
+        _keras("ours"),
+        {"epochs": 15, "batch_size": 128, "learning_rate": 0.002, "weight_decay": 1e-4,
+         "filters": [32, 64], "dropout_conv": [0.2, 0.3], "dense_units": 128, "dropout_dense": 0.4,
+         "augment": True, "shift": 0.1, "label_smoothing": 0.05},
+    ),
+    # ---------------------------------------------------------------- benchmark baselines
+    ModelSpec("svc", "sklearn", BENCHMARK, "SVC(C=10, kernel='rbf'), StandardScaler",
+              _benchmark(89.7, "SVC(C=10, kernel='rbf')"), _sk("svc"),
+              {"C": 10.0, "kernel": "rbf", "cache_size": 1000, **_SK_COMMON}),
+    ModelSpec("gradient-boosting", "sklearn", BENCHMARK,
+              "HistGradientBoostingClassifier(max_iter=100, max_depth=10) as a fast STAND-IN for "
+              "GradientBoostingClassifier(n_estimators=100, max_depth=10) (~2-2.5 h; params.yaml "
+              "train.exact_gradient_boosting: true uses the exact one)",
+              _benchmark(88.0, "GradientBoostingClassifier(loss='deviance', n_estimators=100, max_depth=10)"),
+              _sk("gradient_boosting"),
+              {"n_estimators": 100, "max_depth": 10, **_SK_COMMON},
+              stand_in_for="GradientBoostingClassifier(loss='log_loss', n_estimators=100, max_depth=10)"),
+    ModelSpec("random-forest", "sklearn", BENCHMARK,
+              "RandomForestClassifier(criterion='entropy', max_depth=100, n_estimators=100)",
+              _benchmark(87.3, "RandomForestClassifier(criterion='entropy', max_depth=100, n_estimators=100)"),
+              _sk("random_forest"),
+              {"criterion": "entropy", "max_depth": 100, "n_estimators": 100, "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("mlp", "sklearn", BENCHMARK, "MLPClassifier(activation='relu', hidden_layer_sizes=(100,))",
+              _benchmark(87.0, "MLPClassifier(activation='relu', hidden_layer_sizes=(100,))"), _sk("mlp"),
+              {"activation": "relu", "hidden_layer_sizes": [100], "max_iter": 100, **_SK_COMMON}),
+    ModelSpec("knn", "sklearn", BENCHMARK, "KNeighborsClassifier(n_neighbors=5, p=1, weights='distance')",
+              _benchmark(85.4, "KNeighborsClassifier(n_neighbors=5, p=1, weights='distance')"), _sk("knn"),
+              {"n_neighbors": 5, "p": 1, "weights": "distance", "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("logistic-regression", "sklearn", BENCHMARK,
+              "LogisticRegression(C=1, penalty='l1', multi_class='ovr') ported as "
+              "OneVsRestClassifier(LogisticRegression(C=1, l1_ratio=1.0, solver='liblinear'))",
+              _benchmark(84.2, "LogisticRegression(C=1, penalty='l1', multi_class='ovr')"),
+              _sk("logistic_regression"),
+              {"C": 1.0, "l1_ratio": 1.0, "solver": "liblinear", "max_iter": 100, "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("linear-svc", "sklearn", BENCHMARK, "LinearSVC(loss='hinge', penalty='l2', C=1)",
+              _benchmark(83.6, "LinearSVC(C=1, loss='hinge', penalty='l2', multi_class='ovr')"), _sk("linear_svc"),
+              {"C": 1.0, "loss": "hinge", "penalty": "l2", "max_iter": 1000, **_SK_COMMON}),
+    ModelSpec("sgd", "sklearn", BENCHMARK, "SGDClassifier(loss='hinge', penalty='l2')",
+              _benchmark(81.9, "SGDClassifier(loss='hinge', penalty='l2')"), _sk("sgd"),
+              {"loss": "hinge", "penalty": "l2", "max_iter": 1000, "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("decision-tree", "sklearn", BENCHMARK, "DecisionTreeClassifier(criterion='entropy', max_depth=10)",
+              _benchmark(79.8, "DecisionTreeClassifier(criterion='entropy', max_depth=10, splitter='best')"),
+              _sk("decision_tree"), {"criterion": "entropy", "max_depth": 10, **_SK_COMMON}),
+    ModelSpec("perceptron", "sklearn", BENCHMARK, "Perceptron(penalty='l1')",
+              _benchmark(78.2, "Perceptron(penalty='l1')"), _sk("perceptron"),
+              {"penalty": "l1", "max_iter": 1000, "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("passive-aggressive", "sklearn", BENCHMARK,
+              "PassiveAggressiveClassifier(C=1) via its documented scikit-learn 1.8+ equivalent "
+              "SGDClassifier(loss='hinge', penalty=None, learning_rate='pa1', eta0=C)",
+              _benchmark(77.6, "PassiveAggressiveClassifier(C=1)"), _sk("passive_aggressive"),
+              {"C": 1.0, "max_iter": 1000, "n_jobs": -1, **_SK_COMMON}),
+    ModelSpec("extra-tree", "sklearn", BENCHMARK, "ExtraTreeClassifier(criterion='gini', max_depth=10) (one tree)",
+              _benchmark(77.5, "ExtraTreeClassifier(criterion='gini', max_depth=10, splitter='best')"),
+              _sk("extra_tree"), {"criterion": "gini", "max_depth": 10, **_SK_COMMON}),
+    ModelSpec("gaussian-nb", "sklearn", BENCHMARK, "GaussianNB (uniform priors, as in the benchmark grid)",
+              _benchmark(51.1, "GaussianNB(priors=[0.1]*10)"), _sk("gaussian_nb"),
+              {"priors": [0.1] * 10, **_SK_COMMON}),
+]
+_BY_NAME = {s.name: s for s in _SPECS}
+
+
+def names() -> list[str]:
+    return [s.name for s in _SPECS]
+
+
+def get(name: str) -> ModelSpec:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise PipelineError(f"unknown model `{name}`", hint=f"valid model names are: {', '.join(names())}") from None
+
+
+# ------------------------------------------------------------------------------- preprocessing
+def preprocess(family: str, x: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 28, 28) -> model input. Keras: float32 (N,28,28,1) in [0,1]; sklearn: (N,784) in [0,1]."""
+    x = np.asarray(x)
+    if x.ndim == 2 and x.shape[1] == N_PIXELS:
+        x = x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise PipelineError(f"expected images of shape (N, 28, 28), got {x.shape}")
+    x = x.astype(np.float32) / 255.0
+    if family == "keras":
+        return x[..., None]
+    if family == "sklearn":
+        return x.reshape(len(x), N_PIXELS)
+    raise PipelineError(f"unknown model family `{family}`")
+
+
+# ------------------------------------------------------------------------------- safe loading
+# Types that skops does not trust by default but that our own baselines legitimately contain.
+SKOPS_ALLOWED_TYPES = frozenset({
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.Interval",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.linear_model._sgd_fast.Hinge",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn.utils._bunch.Bunch",
+    "numpy.random._mt19937.MT19937",
+    "numpy.random.mtrand.RandomState",
+    "numpy.random._pickle.__randomstate_ctor",
+    "collections.OrderedDict",
+})
+
+
+def load_skops(path: Path):
+    """Load a skops file, refusing any type outside skops' defaults and our explicit allowlist."""
+    import skops.io as sio
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # not a skops zip (e.g. a pickle), or corrupted
+        raise PipelineError(f"{path}: not a valid skops file ({type(exc).__name__}: {exc})",
+                            hint="retrain the model (python -m pipeline train); never load pickles") from None
+    refused = sorted(set(untrusted) - SKOPS_ALLOWED_TYPES)
+    if refused:
+        raise PipelineError(f"{path}: refusing to load untrusted type(s): {', '.join(refused)}",
+                            hint="this file was not written by `pipeline train`; retrain the model")
+    try:
+        return sio.load(path, trusted=list(untrusted))
+    except Exception as exc:
+        raise PipelineError(f"{path}: could not load ({type(exc).__name__}: {exc})") from None
+
+
+def load_keras(path: Path, compile: bool = False):
+    """Load a .keras file with safe_mode=True (no Lambda/arbitrary code deserialisation)."""
+    import zipfile
+
+    import keras
+    if not zipfile.is_zipfile(path):
+        raise PipelineError(f"{path}: not a .keras archive", hint="retrain the model; never load pickles")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:
+        raise PipelineError(f"{path}: refused or failed to load safely ({type(exc).__name__}: {exc})",
+                            hint="retrain the model with `python -m pipeline train`") from None
+
+
+def load_predictor(model_dir: str | Path, batch_size: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+    """Return predict(x_uint8 (N,28,28)) -> float32 probabilities (N,10) for a trained model directory.
+
+    Loads safely (Keras safe_mode; skops with a type allowlist; never pickle) and applies the same
+    preprocessing as training. scikit-learn models without predict_proba (SVC without Platt
+    scaling, LinearSVC, SGD/Perceptron/passive-aggressive with hinge loss) return the ONE-HOT
+    encoding of their predicted class: accuracy and confusion matrices are exact, but such
+    'probabilities' are not calibrated (log-loss / ROC from them are meaningless).
+    """
+    model_dir = Path(model_dir)
+    keras_path, skops_path = model_dir / KERAS_FILE, model_dir / SKOPS_FILE
+    if keras_path.exists() == skops_path.exists():
+        raise PipelineError(f"{model_dir}: expected exactly one of {KERAS_FILE} / {SKOPS_FILE}",
+                            hint="run `python -m pipeline train --model NAME` first")
+    if keras_path.exists():
+        model = load_keras(keras_path)
+
+        def predict_keras(x: np.ndarray) -> np.ndarray:
+            probs = model.predict(preprocess("keras", x), batch_size=batch_size, verbose=0)
+            return np.asarray(probs, dtype=np.float32)
+        return predict_keras
+
+    model = load_skops(skops_path)
+
+    def predict_sklearn(x: np.ndarray) -> np.ndarray:
+        xs = preprocess("sklearn", x)
+        if hasattr(model, "predict_proba"):
+            probs = np.zeros((len(xs), N_CLASSES), dtype=np.float32)
+            probs[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(xs)
+            return probs
+        pred = np.asarray(model.predict(xs), dtype=int)
+        return np.eye(N_CLASSES, dtype=np.float32)[pred]
+    return predict_sklearn
+
+
+def read_train_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "train.json"
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found", hint="run `python -m pipeline train` first")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,343 @@
+"""train stage: train ONE registered model on data/split and write models/<name>/ atomically.
+
+    python -m pipeline train --model NAME --data data/split --out models/NAME
+
+Artifact contract (evaluate/publish depend on it): models/<name>/ holds
+  model.keras (Keras) | model.skops (scikit-learn via skops, never pickle)
+  train.json   {model, family, source, train_time_s, epochs, device, backend, seed, params_count,
+                val_accuracy, val_loss, train_accuracy, train_loss, hyperparams, stand_in_for,
+                resumed_from_epoch}
+  history.csv  epoch,loss,accuracy,val_loss,val_accuracy,epoch_time_s (one row per epoch; sklearn: one row)
+The directory is swapped in only when complete (pipeline.io.atomic_dir).
+
+Keras: `train_accuracy`/`train_loss` are the last epoch's running training metrics (dropout and
+augmentation active), as Keras reports them; val_* are measured on the held-out split.
+scikit-learn: train metrics are measured on a seeded subsample of `train_eval_samples` training
+rows (SVC/KNN predictions on all 48k would double their cost); val_loss is null for models
+without predict_proba.
+
+Resume: every completed Keras epoch is checkpointed to <out parent>/.ckpt/<name>/ (model with
+optimizer state + history so far + a fingerprint of model, hyperparameters, seed and data). A
+rerun with the same fingerprint continues from the last completed epoch; the checkpoint is deleted
+on success. A resumed run is not bit-identical to an uninterrupted one (shuffle/dropout RNG streams
+restart), but it trains the remaining epochs with the restored weights, optimizer state and schedule.
+
+Determinism: keras.utils.set_random_seed(seed) seeds Python, NumPy and the backend; the tf.data
+shuffle is seeded. On CPU, repeated runs give the same result up to floating-point reduction
+order of multithreaded kernels (small run-to-run drift is possible); scikit-learn models are
+deterministic given random_state.
+
+Input pipeline: with the TensorFlow backend, tf.data (uint8 arrays -> cache -> seeded shuffle ->
+batch -> scale/one-hot -> prefetch); with any other backend, plain NumPy arrays. Model code never
+uses tf.*. A GPU is used automatically when the backend sees one; `train.mixed_precision: true`
+enables mixed_float16 there (ignored on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline import io
+from pipeline.errors import PipelineError
+from pipeline.models import registry
+from pipeline.models.registry import ModelSpec, preprocess
+from pipeline.schema import N_CLASSES
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+CKPT_MODEL = "model.keras"
+CKPT_STATE = "state.json"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------- environment
+def keras_backend() -> str:
+    import keras
+    return keras.backend.backend()
+
+
+def detect_device() -> str:
+    """'CPU' or the accelerator's name, as the active Keras backend sees it."""
+    backend = keras_backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return str(details.get("device_name", gpus[0].name))
+        elif backend == "jax":
+            import jax
+            dev = jax.devices()[0]
+            if dev.platform != "cpu":
+                return str(getattr(dev, "device_kind", dev.platform))
+        elif backend == "torch":
+            import torch
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+    except Exception:  # device probing must never break training
+        pass
+    return "CPU"
+
+
+def fingerprint(spec: ModelSpec, hp: dict, seed: int, x_train, y_train, x_val, y_val, extra: dict) -> str:
+    digest = hashlib.sha256(json.dumps(
+        {"model": spec.name, "hp": hp, "seed": seed, "extra": extra}, sort_keys=True, default=str).encode())
+    for arr in (x_train, y_train, x_val, y_val):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------- keras pieces
+def _history_callback(rows: list[dict], ckpt_dir: Path | None, state_extra: dict):
+    """Records one history row per epoch (with wall time) and checkpoints after each epoch."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            rows.append({
+                "epoch": epoch + 1,
+                "loss": _f(logs.get("loss")), "accuracy": _f(logs.get("accuracy")),
+                "val_loss": _f(logs.get("val_loss")), "val_accuracy": _f(logs.get("val_accuracy")),
+                "epoch_time_s": round(time.monotonic() - self._t0, 3),
+            })
+            if ckpt_dir is not None:
+                with io.atomic_dir(ckpt_dir) as tmp:
+                    self.model.save(tmp / CKPT_MODEL)
+                    (tmp / CKPT_STATE).write_text(json.dumps(
+                        {"epoch": epoch + 1, "history": rows, **state_extra}, indent=1))
+
+    return EpochLog()
+
+
+def _f(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int, use_tf_data: bool):
+    """(train, val) as tf.data pipelines (TensorFlow backend) or as NumPy arrays (any backend)."""
+    if use_tf_data and keras_backend() == "tensorflow":
+        import tensorflow as tf
+
+        def prep(x, y):
+            x = tf.cast(x, tf.float32)[..., None] / 255.0
+            return x, tf.one_hot(tf.cast(y, tf.int32), N_CLASSES)
+
+        train = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).cache()
+                 .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+                 .batch(batch_size).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+                 .prefetch(tf.data.AUTOTUNE))
+        val = (tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(max(batch_size, 512))
+               .map(prep, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE))
+        return {"x": train, "validation_data": val, "shuffle": False}, "tf.data"  # shuffled in the pipeline
+    eye = np.eye(N_CLASSES, dtype=np.float32)
+    return {"x": preprocess("keras", x_train), "y": eye[np.asarray(y_train, dtype=int)],
+            "validation_data": (preprocess("keras", x_val), eye[np.asarray(y_val, dtype=int)]),
+            "batch_size": batch_size, "shuffle": True}, "numpy"
+
+
+def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_dir, callbacks,
+                 mixed_precision, use_tf_data, verbose):
+    import keras
+
+    device = detect_device()
+    if mixed_precision and device != "CPU":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(seed)
+    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
+    steps = int(np.ceil(len(x_train) / batch_size))
+    fp = fingerprint(spec, hp, seed, x_train, y_train, x_val, y_val,
+                     {"mixed_precision": bool(mixed_precision and device != "CPU"), "backend": keras_backend()})
+
+    rows: list[dict] = []
+    initial_epoch = 0
+    model = None
+    state_path = checkpoint_dir / CKPT_STATE if checkpoint_dir else None
+    if state_path is not None and state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("fingerprint") == fp:
+            model = registry.load_keras(checkpoint_dir / CKPT_MODEL, compile=True)  # with optimizer state
+            rows = list(state["history"])
+            initial_epoch = int(state["epoch"])
+            log(f"train [{spec.name}]: resuming from checkpoint after epoch {initial_epoch}/{epochs}")
+        else:
+            log(f"train [{spec.name}]: ignoring stale checkpoint in {checkpoint_dir} (different settings/data)")
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if model is None:
+        model = spec.build(hp, seed=seed, steps_per_epoch=steps)
+
+    fit_kw, pipeline_kind = _datasets(x_train, y_train, x_val, y_val, batch_size, seed, use_tf_data)
+    log(f"train [{spec.name}]: keras/{keras_backend()} on {device}, {len(x_train)} train / {len(x_val)} val, "
+        f"{epochs} epochs x {steps} steps, batch {batch_size}, input {pipeline_kind}, "
+        f"{_trainable(model):,} trainable params")
+    cbs = [_history_callback(rows, checkpoint_dir, {"fingerprint": fp})] + list(callbacks)
+    started = time.monotonic()
+    if initial_epoch < epochs:
+        model.fit(epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose, **fit_kw)
+    train_time = time.monotonic() - started + sum(r["epoch_time_s"] for r in rows[:initial_epoch])
+    last = rows[-1] if rows else {}
+    meta = {
+        "epochs": len(rows), "device": device, "backend": keras_backend(),
+        "params_count": _trainable(model), "train_time_s": round(train_time, 3),
+        "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
+        "train_accuracy": last.get("accuracy"), "train_loss": last.get("loss"),
+        "resumed_from_epoch": initial_epoch or None,
+    }
+    return model, rows, meta
+
+
+def _trainable(model) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+
+
+# ------------------------------------------------------------------------------- sklearn pieces
+def _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, *, seed, exact_gradient_boosting):
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from pipeline.models.baselines import param_count
+
+    model = spec.build(hp, seed=seed, exact_gradient_boosting=exact_gradient_boosting)
+    xt, xv = preprocess("sklearn", x_train), preprocess("sklearn", x_val)
+    log(f"train [{spec.name}]: {model[-1]!r} on {len(xt)} x {xt.shape[1]} ...")
+    t0 = time.monotonic()
+    model.fit(xt, y_train)
+    fit_time = time.monotonic() - t0
+    log(f"train [{spec.name}]: fitted in {fit_time:.1f} s; scoring ...")
+
+    n_eval = min(int(hp.get("train_eval_samples") or len(xt)), len(xt))
+    sub = np.sort(np.random.default_rng(seed).choice(len(xt), n_eval, replace=False))
+
+    def scores(x, y):
+        if hasattr(model, "predict_proba"):
+            p = model.predict_proba(x)
+            pred = np.asarray(model.classes_)[p.argmax(1)]
+            return float(accuracy_score(y, pred)), float(log_loss(y, p, labels=np.asarray(model.classes_)))
+        return float(accuracy_score(y, model.predict(x))), None
+
+    train_acc, train_loss = scores(xt[sub], np.asarray(y_train)[sub])
+    val_acc, val_loss = scores(xv, y_val)
+    total = time.monotonic() - t0
+    log(f"train [{spec.name}]: done: val accuracy {val_acc:.4f} (fit {fit_time:.1f} s, total {total:.1f} s)")
+    rows = [{"epoch": 1, "loss": train_loss, "accuracy": train_acc, "val_loss": val_loss,
+             "val_accuracy": val_acc, "epoch_time_s": round(fit_time, 3)}]
+    meta = {
+        "epochs": 1, "device": "CPU", "backend": "sklearn", "params_count": param_count(model),
+        "train_time_s": round(fit_time, 3), "val_accuracy": val_acc, "val_loss": val_loss,
+        "train_accuracy": train_acc, "train_loss": train_loss, "resumed_from_epoch": None,
+    }
+    return model, rows, meta
+
+
+# ------------------------------------------------------------------------------------ pure core
+def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray,
+                x_val: np.ndarray, y_val: np.ndarray, *, seed: int = 42, checkpoint_dir: Path | None = None,
+                callbacks: Iterable = (), mixed_precision: bool = False, exact_gradient_boosting: bool = False,
+                use_tf_data: bool = True, verbose: int = 2):
+    """Train `spec` on uint8 images (N,28,28) + int labels. Returns (model, history rows, train.json dict).
+
+    Writes nothing except the Keras epoch checkpoint in `checkpoint_dir` (if given).
+    """
+    hp = spec.hyperparams(hyperparams)
+    if spec.family == "keras":
+        model, rows, meta = _train_keras(spec, hp, x_train, y_train, x_val, y_val, seed=seed,
+                                         checkpoint_dir=checkpoint_dir, callbacks=callbacks,
+                                         mixed_precision=mixed_precision, use_tf_data=use_tf_data,
+                                         verbose=verbose)
+    else:
+        model, rows, meta = _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, seed=seed,
+                                           exact_gradient_boosting=exact_gradient_boosting)
+    meta = {
+        "model": spec.name, "family": spec.family, "source": spec.source,
+        "train_time_s": meta["train_time_s"], "epochs": meta["epochs"], "device": meta["device"],
+        "backend": meta["backend"], "seed": seed, "params_count": meta["params_count"],
+        "val_accuracy": meta["val_accuracy"], "val_loss": meta["val_loss"],
+        "train_accuracy": meta["train_accuracy"], "train_loss": meta["train_loss"],
+        "hyperparams": hp, "stand_in_for": spec.effective_stand_in_for(exact_gradient_boosting),
+        "resumed_from_epoch": meta["resumed_from_epoch"],
+    }
+    return model, rows, meta
+
+
+# ------------------------------------------------------------------------------------ I/O shell
+def write_history(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_COLUMNS})
+
+
+def save_artifacts(out: Path, model, family: str, rows: list[dict], meta: dict) -> None:
+    """Write the model directory atomically: nothing appears at `out` unless all files are complete."""
+    with io.atomic_dir(out) as tmp:
+        if family == "keras":
+            model.save(tmp / registry.KERAS_FILE)
+        else:
+            import skops.io as sio
+            sio.dump(model, tmp / registry.SKOPS_FILE)
+        write_history(tmp / "history.csv", rows)
+        (tmp / "train.json").write_text(json.dumps(meta, indent=2, default=io._json_default) + "\n")
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    return out.parent / ".ckpt" / out.name
+
+
+def run(name: str, data: Path, out: Path, params: dict[str, Any], *, callbacks: Iterable = (),
+        verbose: int = 2) -> dict:
+    """Load the split, train, write models/<name>/ atomically, drop the checkpoint. Returns train.json."""
+    from pipeline.params import TrainParams, build
+
+    spec = registry.get(name)
+    tp = build(TrainParams, params.get("train", {}), "train")
+    overrides = (params.get("models") or {}).get(name) or {}
+    train, val = io.load_arrays(data / "train.npz"), io.load_arrays(data / "val.npz")
+    ckpt = checkpoint_dir_for(out) if spec.family == "keras" else None
+    model, rows, meta = train_model(
+        spec, overrides, train["x"], train["y"], val["x"], val["y"], seed=tp.seed, checkpoint_dir=ckpt,
+        callbacks=callbacks, mixed_precision=tp.mixed_precision,
+        exact_gradient_boosting=tp.exact_gradient_boosting, use_tf_data=tp.tf_data, verbose=verbose)
+    save_artifacts(out, model, spec.family, rows, meta)
+    if ckpt is not None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        try:
+            ckpt.parent.rmdir()
+        except OSError:
+            pass
+    log(f"train [{name}]: wrote {out} (val accuracy {meta['val_accuracy']:.4f}, {meta['train_time_s']:.1f} s)")
+    return meta
+
+
+def add_cli(parser) -> None:
+    parser.add_argument("--model", required=True, help="registered model name (see pipeline.models.names())")
+    parser.add_argument("--data", type=Path, default=Path("data/split"))
+    parser.add_argument("--out", type=Path, default=None, help="default: models/<model>")
+
+
+def cli(args) -> None:
+    from pipeline.params import load_params
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    params = load_params(args.params)
+    run(args.model, args.data, args.out or Path("models") / args.model, params)

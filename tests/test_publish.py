@@ -1,0 +1,251 @@
+"""publish stage on a fabricated workspace that follows the train/evaluate artifact contract.
+
+Every registered model gets a REAL tiny scikit-learn model (GaussianNB fitted on a different slice of the
+real training images, saved with skops) and a train.json / history.csv as the train stage writes them; the
+evaluate stage's own code then scores it on real test images. Only the training numbers in train.json and
+the Keras-style per-epoch histories are made up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.naive_bayes import GaussianNB
+
+from pipeline import evaluate as ev
+from pipeline import io, publish
+from pipeline.data.split import class_counts
+from pipeline.errors import PipelineError
+from pipeline.models import registry
+from tests.conftest import REPO, run_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def configured_models() -> list[str]:
+    return yaml.safe_load((REPO / "params.yaml").read_text())["train"]["models"]
+
+
+def _history(name: str, family: str, epochs: int, seed: int) -> list[dict]:
+    if family != "keras":
+        return [{"epoch": 1, "loss": 1.2, "accuracy": 0.7, "val_loss": 1.4, "val_accuracy": 0.65,
+                 "epoch_time_s": 0.05}]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for e in range(1, epochs + 1):
+        acc = 0.75 + 0.2 * (1 - np.exp(-e / 3)) + rng.normal(0, 0.003)
+        rows.append({"epoch": e, "loss": 0.7 * np.exp(-e / 4), "accuracy": acc, "val_loss": 0.5 + 0.01 * e,
+                     "val_accuracy": acc - 0.03 - 0.004 * e, "epoch_time_s": 7.5 + rng.normal(0, 0.2)})
+    return rows
+
+
+def build_workspace(root: Path, small_split, names: list[str]) -> dict[str, Path]:
+    import skops.io as sio
+
+    (x, y), (xv, yv), (xt, yt) = small_split["train"], small_split["val"], small_split["test"]
+    models_dir, metrics_dir = root / "models", root / "metrics"
+    xs = registry.preprocess("sklearn", x)
+    for i, name in enumerate(names):
+        spec = registry.get(name)
+        rows = 200 + (i * 397) % 400          # a different real training slice per model
+        model = GaussianNB(var_smoothing=10.0 ** (-9 + (i % 7))).fit(xs[:rows], y[:rows])
+        mdir = models_dir / name
+        mdir.mkdir(parents=True)
+        sio.dump(model, mdir / registry.SKOPS_FILE)
+        history = _history(name, spec.family, 12 if spec.family == "keras" else 1, i)
+        with open(mdir / "history.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+        meta = {"model": name, "family": spec.family, "source": spec.source, "train_time_s": 10.0 + i,
+                "epochs": len(history), "device": "CPU", "backend": "tensorflow" if spec.family == "keras" else
+                "sklearn", "seed": 42, "params_count": 1000 * (i + 1), "val_accuracy": history[-1]["val_accuracy"],
+                "val_loss": history[-1]["val_loss"], "train_accuracy": history[-1]["accuracy"],
+                "train_loss": history[-1]["loss"], "hyperparams": dict(spec.defaults),
+                "stand_in_for": spec.stand_in_for, "resumed_from_epoch": None}
+        (mdir / "train.json").write_text(json.dumps(meta))
+        metrics, probs = ev.evaluate_model(name, mdir, xt, yt, batch_size=128, latency_calls=2, warmup_calls=1)
+        ev.write_outputs(metrics_dir, name, metrics, yt, probs)
+    io.save_arrays(root / "test.npz", x=xt, y=yt)
+    io.write_json(root / "class_counts.json", {"seed": 42, "sizes": {"train": len(y), "val": len(yv), "test": len(yt)},
+                                               "class_counts": {"train": class_counts(y), "val": class_counts(yv),
+                                                                "test": class_counts(yt)}})
+    return {"models": models_dir, "metrics": metrics_dir, "test": root / "test.npz",
+            "counts": root / "class_counts.json", "out": root / "reports"}
+
+
+@pytest.fixture(scope="module")
+def workspace(small_split, tmp_path_factory):
+    names = configured_models()
+    root = tmp_path_factory.mktemp("publish")
+    paths = build_workspace(root, small_split, names)
+    summary = run_publish(paths, names)
+    return {"root": root, "paths": paths, "names": names, "summary": summary}
+
+
+def run_publish(paths, names, **kw):
+    return publish.publish(names, metrics_dir=paths["metrics"], models_dir=paths["models"], out_dir=paths["out"],
+                           test_path=paths["test"], class_counts_path=paths["counts"], mcnemar_top=4, dpi=60,
+                           sample_images=8, **kw)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_configured_models_are_all_registered():
+    names = configured_models()
+    assert set(names) <= set(registry.names())
+    assert len(names) == len(set(names))
+
+
+def test_every_configured_model_is_in_every_format(workspace):
+    names, out = workspace["names"], workspace["paths"]["out"]
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["model"] for r in rows) == sorted(names)
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(names) + 1))
+    accuracies = [float(r["test_accuracy_pct"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    md = (out / "comparison.md").read_text()
+    page = (out / "comparison.html").read_text()
+    for name in names:
+        assert f"| {name}" in md, name
+        assert f"<td>{name}" in page, name
+
+
+def test_published_measured_and_gap(workspace):
+    metrics_dir = workspace["paths"]["metrics"]
+    for rec in workspace["summary"]["records"]:
+        spec = registry.get(rec["model"])
+        measured = 100 * io.read_json(metrics_dir / f"{rec['model']}.json")["test"]["accuracy"]
+        assert rec["test_accuracy_pct"] == pytest.approx(measured)
+        assert rec["ci95_low_pct"] <= measured <= rec["ci95_high_pct"]
+        if "accuracy" in spec.published:
+            assert rec["published_accuracy_pct"] == spec.published["accuracy"]
+            assert rec["published_accuracy_kind"] == spec.published["accuracy_kind"]
+            assert rec["gap_pp"] == pytest.approx(measured - spec.published["accuracy"])
+        else:
+            assert rec["published_accuracy_pct"] is None and rec["gap_pp"] is None
+        assert rec["params_published"] == spec.published.get("params")
+        assert rec["train_time_s"] is not None and rec["train_device"] == "CPU"
+
+
+def test_stand_in_is_labelled(workspace):
+    md = (workspace["paths"]["out"] / "comparison.md").read_text()
+    for rec in workspace["summary"]["records"]:
+        spec = registry.get(rec["model"])
+        if spec.stand_in_for:
+            assert rec["stand_in_for"] == spec.stand_in_for
+            assert f"{rec['model']} (stand-in for {spec.stand_in_for})" in md
+
+
+def test_paper_tables_and_note(workspace):
+    names, summary = workspace["names"], workspace["summary"]
+    md = (workspace["paths"]["out"] / "comparison.md").read_text()
+    sources = {registry.get(n).source for n in names}
+    if "Paper A" in sources:
+        assert "paper_a" in summary["tables"]
+        assert "TF1 train loss" in md and "TF2 test %" in md
+    if "Paper B" in sources:
+        assert {"paper_b_classes", "paper_b_dropout"} <= set(summary["tables"])
+        assert "published train − val (pp)" in md
+    assert "mcnemar" in summary["tables"] and len(summary["mcnemar"]) == 6  # 4 models -> 6 pairs
+    note = " ".join(summary["note"])
+    best = summary["records"][0]
+    assert f"{best['test_accuracy_pct']:.2f}%" in note          # built from measured numbers
+    assert "near-duplicates" in note and "validation accuracy" in note
+
+
+def test_all_figures_written_and_embedded(workspace):
+    names, out = workspace["names"], workspace["paths"]["out"]
+    best = workspace["summary"]["records"][0]["model"]
+    figures = {p.name for p in (out / "figures").iterdir()}
+    expected = {"accuracy_comparison.png", "class_distribution.png", f"samples_{best}.png", f"confusion_{best}.png"}
+    keras = [n for n in names if registry.get(n).family == "keras"]
+    expected |= {f"curves_{n}.png" for n in keras} | ({"epoch_time.png"} if keras else set())
+    expected |= {f"confusion_{n}.png" for n in names if registry.get(n).source in ("Paper A", "Paper B")}
+    assert figures == expected
+    for name in figures:
+        data = (out / "figures" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000, name
+    page = (out / "comparison.html").read_text()
+    assert page.count("src='data:image/png;base64,") == len(figures)
+    assert not re.search(r"(src|href)=['\"]https?:", page)        # self-contained
+    md = (out / "comparison.md").read_text()
+    assert all(f"(figures/{name})" in md for name in figures)
+
+
+def test_publish_is_deterministic(workspace, tmp_path):
+    paths = dict(workspace["paths"], out=tmp_path / "again")
+    run_publish(paths, workspace["names"])
+    assert snapshot(tmp_path / "again") == snapshot(workspace["paths"]["out"])
+
+
+def _copy(workspace, tmp_path) -> dict[str, Path]:
+    root = tmp_path / "ws"
+    shutil.copytree(workspace["root"], root)
+    return {k: root / v.relative_to(workspace["root"]) for k, v in workspace["paths"].items()}
+
+
+def test_missing_metrics_fails_naming_the_model_and_keeps_reports(workspace, tmp_path):
+    paths = _copy(workspace, tmp_path)
+    before = snapshot(paths["out"])
+    victim = workspace["names"][-1]
+    (paths["metrics"] / f"{victim}.json").unlink()
+    with pytest.raises(PipelineError, match=re.escape(victim)):
+        run_publish(paths, workspace["names"])
+    assert snapshot(paths["out"]) == before
+
+
+def test_failure_mid_render_leaves_previous_reports_byte_identical(workspace, tmp_path, monkeypatch):
+    from pipeline import plots
+
+    paths = _copy(workspace, tmp_path)
+    before = snapshot(paths["out"])
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("disk full while drawing")
+
+    monkeypatch.setattr(plots, "confusion_heatmap", broken)   # fails after several figures were written
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_publish(paths, workspace["names"])
+    assert calls
+    assert snapshot(paths["out"]) == before
+    assert not [p for p in paths["out"].parent.iterdir() if p.name.startswith(".reports")]  # no temp left
+
+
+def _cli_params(root: Path, names: list[str]) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["models"] = names
+    params["publish"].update({"mcnemar_top": 3, "dpi": 50, "sample_images": 4})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_cli_publish_and_missing_model_error(workspace, tmp_path):
+    paths = _copy(workspace, tmp_path)
+    root = paths["models"].parent
+    shutil.rmtree(paths["out"])
+    names = workspace["names"][:3] + ["gradient-boosting"] if "gradient-boosting" in workspace["names"] else \
+        workspace["names"][:4]
+    _cli_params(root, names)
+    args = ("publish", "--metrics", "metrics", "--models-dir", "models", "--test", "test.npz",
+            "--class-counts", "class_counts.json", "--out", "reports")
+    proc = run_cli(*args, cwd=root, check=True)
+    assert "publish:" in proc.stderr
+    with open(root / "reports" / "comparison.csv", newline="") as fh:
+        assert sorted(r["model"] for r in csv.DictReader(fh)) == sorted(names)
+    before = snapshot(root / "reports")
+    (root / "metrics" / f"{names[1]}.json").unlink()
+    proc = run_cli(*args, cwd=root)
+    assert proc.returncode == 2 and names[1] in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(root / "reports") == before

@@ -1,0 +1,199 @@
+"""train stage: a tiny real training run per model, the artifact contract, safe loading, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import io, train
+from pipeline.errors import PipelineError
+from pipeline.models import registry
+from tests.conftest import run_cli
+
+KERAS_MODELS = [n for n in registry.names() if registry.get(n).family == "keras"]
+SKLEARN_MODELS = [n for n in registry.names() if registry.get(n).family == "sklearn"]
+
+# Tiny settings so every model trains in seconds on 600 images (n_jobs=1: process start-up dominates).
+TINY = {
+    # batch 32: 19 updates in the one epoch, enough to beat chance clearly
+    **{n: {"epochs": 1, "batch_size": 32} for n in KERAS_MODELS},
+    "svc": {}, "gradient-boosting": {"n_estimators": 5, "max_depth": 3},
+    "random-forest": {"n_estimators": 10, "n_jobs": 1}, "mlp": {"max_iter": 30}, "knn": {"n_jobs": 1},
+    "logistic-regression": {"n_jobs": 1}, "linear-svc": {"max_iter": 200}, "sgd": {"n_jobs": 1},
+    "decision-tree": {}, "perceptron": {"n_jobs": 1}, "passive-aggressive": {"n_jobs": 1},
+    "extra-tree": {}, "gaussian-nb": {},
+}
+TRAIN_JSON_KEYS = {"model", "family", "source", "train_time_s", "epochs", "device", "backend", "seed",
+                   "params_count", "val_accuracy", "val_loss", "train_accuracy", "train_loss", "hyperparams",
+                   "stand_in_for"}
+
+
+@pytest.fixture(scope="module")
+def split_dir(small_split, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("split")
+    for part in ("train", "val"):
+        x, y = small_split[part]
+        io.save_arrays(d / f"{part}.npz", x=x, y=y)
+    return d
+
+
+def params_for(name: str, **overrides) -> dict:
+    return {"train": {"models": [name], "seed": 0}, "models": {name: {**TINY[name], **overrides}}}
+
+
+def check_contract(out: Path, name: str, epochs: int) -> dict:
+    spec = registry.get(name)
+    model_file = registry.KERAS_FILE if spec.family == "keras" else registry.SKOPS_FILE
+    assert sorted(p.name for p in out.iterdir()) == sorted([model_file, "train.json", "history.csv"])
+    meta = json.loads((out / "train.json").read_text())
+    assert TRAIN_JSON_KEYS <= set(meta)
+    assert meta["model"] == name and meta["family"] == spec.family and meta["source"] == spec.source
+    assert meta["epochs"] == epochs and meta["seed"] == 0 and meta["device"]
+    assert meta["stand_in_for"] == spec.stand_in_for
+    with open(out / "history.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == train.HISTORY_COLUMNS
+        rows = list(reader)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(meta["val_accuracy"])
+    return meta
+
+
+def check_predictor(out: Path, small_split, meta: dict) -> None:
+    xv, yv = small_split["val"]
+    probs = registry.load_predictor(out)(xv)
+    assert probs.shape == (len(xv), 10) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-3)
+    # the loaded model applies the training preprocessing: same accuracy as measured in training
+    assert (probs.argmax(1) == yv).mean() == pytest.approx(meta["val_accuracy"], abs=0.011)
+
+
+@pytest.mark.parametrize("name", KERAS_MODELS)
+def test_keras_model_trains_and_follows_contract(name, split_dir, small_split, tmp_path):
+    out = tmp_path / "models" / name
+    meta = train.run(name, split_dir, out, params_for(name), verbose=0)
+    meta = check_contract(out, name, epochs=1)
+    assert meta["backend"] in ("tensorflow", "jax", "torch")
+    assert meta["params_count"] == int(sum(np.prod(w.shape) for w in
+                                           registry.load_keras(out / registry.KERAS_FILE).trainable_weights))
+    assert meta["val_loss"] < np.log(10) and meta["val_accuracy"] > 0.15  # learned something (chance: 0.10)
+    assert not (tmp_path / "models" / ".ckpt").exists()  # checkpoint removed on success
+    check_predictor(out, small_split, meta)
+
+
+@pytest.mark.parametrize("name", SKLEARN_MODELS)
+def test_sklearn_model_trains_and_follows_contract(name, split_dir, small_split, tmp_path):
+    out = tmp_path / "models" / name
+    train.run(name, split_dir, out, params_for(name))
+    meta = check_contract(out, name, epochs=1)
+    assert meta["backend"] == "sklearn" and meta["device"] == "CPU"
+    floor = 0.3 if name == "gaussian-nb" else 0.5
+    assert meta["val_accuracy"] > floor, meta  # chance is 0.10
+    check_predictor(out, small_split, meta)
+
+
+def test_exact_gradient_boosting_flag_clears_stand_in(split_dir, tmp_path):
+    params = params_for("gradient-boosting", n_estimators=2, max_depth=2)
+    params["train"]["exact_gradient_boosting"] = True
+    meta = train.run("gradient-boosting", split_dir, tmp_path / "gb", params)
+    assert meta["stand_in_for"] is None
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint(split_dir, tmp_path):
+    import keras
+
+    class FailAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise Interrupt("simulated crash after epoch 1")
+
+    name, out = "paper-b-cnn", tmp_path / "models" / "paper-b-cnn"
+    params = params_for(name, epochs=2)
+    with pytest.raises(Interrupt):
+        train.run(name, split_dir, out, params, callbacks=[FailAfterFirstEpoch()], verbose=0)
+    # atomic output: nothing half-written; the checkpoint holds epoch 1
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{name}")]
+    state = json.loads((train.checkpoint_dir_for(out) / train.CKPT_STATE).read_text())
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+
+    meta = train.run(name, split_dir, out, params, verbose=0)
+    assert meta["resumed_from_epoch"] == 1
+    check_contract(out, name, epochs=2)
+    with open(out / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["loss"]) == pytest.approx(state["history"][0]["loss"])  # epoch 1 kept, not retrained
+    assert not train.checkpoint_dir_for(out).exists()
+
+
+def test_stale_checkpoint_is_ignored(split_dir, tmp_path):
+    name, out = "paper-b-cnn", tmp_path / "m" / "paper-b-cnn"
+    ckpt = train.checkpoint_dir_for(out)
+    ckpt.mkdir(parents=True)
+    (ckpt / train.CKPT_STATE).write_text(json.dumps({"fingerprint": "other", "epoch": 1, "history": []}))
+    meta = train.run(name, split_dir, out, params_for(name), verbose=0)
+    assert meta["resumed_from_epoch"] is None and not ckpt.exists()
+
+
+def test_load_predictor_refuses_pickles_and_untrusted_code(tmp_path):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    import skops.io as sio
+
+    # a pickle disguised as a skops file
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / registry.SKOPS_FILE).write_bytes(pickle.dumps({"evil": True}))
+    with pytest.raises(PipelineError, match="not a valid skops"):
+        registry.load_predictor(d)
+    # a real skops file that references an arbitrary callable
+    d = tmp_path / "untrusted"
+    d.mkdir()
+    sio.dump(Pipeline([("f", FunctionTransformer(func=eval))]), d / registry.SKOPS_FILE)
+    with pytest.raises(PipelineError, match="untrusted"):
+        registry.load_predictor(d)
+    # a pickle disguised as a Keras file
+    d = tmp_path / "keras-pickle"
+    d.mkdir()
+    (d / registry.KERAS_FILE).write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(PipelineError):
+        registry.load_predictor(d)
+
+
+def test_load_predictor_refuses_keras_lambda(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda t: t * 2),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    d = tmp_path / "lambda"
+    d.mkdir()
+    model.save(d / registry.KERAS_FILE)
+    with pytest.raises(PipelineError, match="refused"):
+        registry.load_predictor(d)
+
+
+def test_load_predictor_needs_a_model(tmp_path):
+    with pytest.raises(PipelineError, match="exactly one"):
+        registry.load_predictor(tmp_path)
+
+
+def test_cli(split_dir, tmp_path):
+    params = tmp_path / "params.yaml"
+    import yaml
+    params.write_text(yaml.safe_dump(params_for("gaussian-nb")))
+    out = tmp_path / "models" / "gaussian-nb"
+    proc = run_cli("train", "--params", str(params), "--model", "gaussian-nb", "--data", str(split_dir),
+                   "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.skops").exists()
+    bad = run_cli("train", "--params", str(params), "--model", "nope", "--data", str(split_dir), "--out", str(out))
+    assert bad.returncode != 0 and "valid model names" in bad.stderr and "Traceback" not in bad.stderr
