@@ -1,0 +1,284 @@
+"""The pipeline flow: one Prefect task per DVC stage (read from dvc.yaml), run in dependency order via DVC.
+
+Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC decides what is cached;
+a stage DVC skips ends in a Completed state named "Cached". DVC calls are serialised: tasks run one
+after another in topological order, under a process-wide lock and a workspace lock file (DVC cannot
+run two stages in one checkout). Transient failures are retried; a data-validation failure (a stage
+exiting with ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and
+the flow fails with the gate's reason. Artifacts: validation summary, model comparison, run summary.
+Not about when to run: see flows.watcher and flows.deployments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
+
+from pipeline.errors import ValidationFailed
+from pipeline.io import workspace_lock
+
+from flows import STATE_DIR, fingerprint
+from flows.dag import Stage, dvc_env, dvc_executable, load_stages
+
+VALIDATION_EXIT_CODE = ValidationFailed("").exit_code   # 3
+REPORT = Path("data/validation/report.json")
+COMPARISON = Path("reports/comparison.md")
+_DVC_LOCK = threading.Lock()   # one DVC call at a time in this process, whatever the task runner
+_LOG_TAIL = 40
+
+
+class StageFailed(RuntimeError):
+    """A stage's command (or DVC itself) failed; may be transient, so it is retried."""
+
+    def __init__(self, stage: str, returncode: int, tail: str):
+        super().__init__(f"stage '{stage}' failed (dvc exit {returncode}):\n{tail}")
+        self.stage, self.returncode, self.tail = stage, returncode, tail
+
+
+class ValidationGateFailed(RuntimeError):
+    """The data-quality gate rejected the data. Terminal: never retried."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"data validation failed in stage '{stage}' (terminal, not retried):\n{reason}")
+        self.stage, self.reason = stage, reason
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str          # "ran" | "cached"
+    duration_s: float
+    returncode: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- DVC
+def _clean(line: str) -> str:
+    return line.rstrip("\n").split("\r")[-1].rstrip()   # keep only the final state of progress-bar lines
+
+
+# DVC's git/push reminders after every stage: noise in a flow's logs.
+_DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
+              "Use `dvc push`")
+
+
+def _level(line: str) -> int:
+    import logging
+
+    stripped = line.strip()
+    if stripped.startswith(_DVC_HINTS):
+        return logging.DEBUG
+    if re.match(r"(error \[[\w@.-]+\]:|ERROR:)", stripped):
+        return logging.ERROR
+    return logging.INFO
+
+
+def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) -> tuple[int, str, list[str]]:
+    """Run `dvc repro --single-item <stage>` in `workspace`; stream its output lines to `log`.
+
+    Returns (exit code, "ran" | "cached", output lines).
+    """
+    cmd = [dvc_executable(), "repro", "--single-item", stage]
+    if force:
+        cmd.append("--force")
+    lines: list[str] = []
+    with _DVC_LOCK:
+        proc = subprocess.Popen(cmd, cwd=workspace, env=dvc_env(workspace), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = _clean(raw)
+            if not line:
+                continue
+            lines.append(line)
+            if log is not None:
+                log.log(_level(line), line)
+        returncode = proc.wait()
+    text = "\n".join(lines)
+    skipped = re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text)
+    ran = re.search(rf"Running stage '{re.escape(stage)}'", text)
+    status = "cached" if skipped and not ran else "ran"
+    return returncode, status, lines
+
+
+def is_validation_failure(returncode: int, lines: list[str]) -> bool:
+    """DVC exits non-zero and reports the stage command's exit code as `exited with 3`."""
+    if returncode == 0:
+        return False
+    text = "\n".join(lines)
+    return bool(re.search(rf"exited with {VALIDATION_EXIT_CODE}\b", text))
+
+
+def _validation_reason(lines: list[str]) -> str:
+    """The CLI's `error [stage]: ...` paragraph (what failed and how to fix it), else the output tail."""
+    start = next((i for i, line in enumerate(lines) if re.match(r"error \[[\w@.-]+\]:", line)), None)
+    if start is None:
+        return "\n".join(lines[-_LOG_TAIL:])
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("ERROR: ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+# ---------------------------------------------------------------------------------------------- task
+def _retry_unless_validation(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except ValidationGateFailed:
+        return False
+    except Exception:
+        return True
+    return "ValidationGateFailed" not in (state.message or "")
+
+
+@task(name="dvc-stage", retry_condition_fn=_retry_unless_validation, persist_result=False)
+def run_stage(workspace: str, stage: str, force: bool = False):
+    """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error."""
+    log = get_run_logger()
+    started = time.monotonic()
+    returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force)
+    duration = round(time.monotonic() - started, 2)
+    if returncode != 0:
+        if is_validation_failure(returncode, lines):
+            reason = _validation_reason(lines)
+            log.error("validation gate rejected the data (terminal, no retry):\n%s", reason)
+            raise ValidationGateFailed(stage, reason)
+        tail = "\n".join(lines[-_LOG_TAIL:])
+        raise StageFailed(stage, returncode, tail)
+    outcome = StageOutcome(stage=stage, status=status, duration_s=duration)
+    if status == "cached":
+        log.info("stage '%s' is up to date in the DVC cache: skipped (%.1f s)", stage, duration)
+        return Completed(name="Cached", message=f"DVC: stage '{stage}' didn't change, skipped", data=asdict(outcome))
+    log.info("stage '%s' ran in %.1f s", stage, duration)
+    return Completed(message=f"DVC: stage '{stage}' ran in {duration:.1f} s", data=asdict(outcome))
+
+
+# ----------------------------------------------------------------------------------------- artifacts
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def validation_markdown(workspace: Path) -> str | None:
+    """Markdown summary of the newest validation report (a failed gate writes report.failed.json)."""
+    import json
+
+    report_path = workspace / REPORT
+    failed_path = report_path.with_name(f"{report_path.stem}.failed.json")
+    candidates = [p for p in (report_path, failed_path) if p.exists()]
+    if not candidates:
+        return None
+    path = max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"# Data validation\n\n`{path.relative_to(workspace)}` is unreadable: {exc}\n"
+    if not isinstance(report, dict):
+        return f"# Data validation\n\n`{path.relative_to(workspace)}` is not a JSON object.\n"
+    success = report.get("success")
+    verdict = {True: "PASSED", False: "FAILED"}.get(success, "UNKNOWN")
+    out = [f"# Data validation: {verdict}", "", f"Report: `{path.relative_to(workspace)}`", ""]
+    splits = report.get("splits")
+    if isinstance(splits, dict) and splits:
+        out += ["| split | success | rows | columns | expectations passed | failures |",
+                "|---|---|---|---|---|---|"]
+        for name, detail in splits.items():
+            detail = detail if isinstance(detail, dict) else {}
+            total, failed = detail.get("expectations_total"), detail.get("expectations_failed")
+            passed = f"{total - failed}/{total}" if isinstance(total, int) and isinstance(failed, int) else ""
+            fails = detail.get("failures") or []
+            out.append(f"| {_fmt(name)} | {_fmt(detail.get('success'))} | {_fmt(detail.get('rows'))} | "
+                       f"{_fmt(detail.get('columns'))} | {passed} | {len(fails) if isinstance(fails, list) else ''} |")
+        out.append("")
+    failures = report.get("failures")
+    if isinstance(failures, list) and failures:
+        out += ["## Failures", ""] + [f"- {_fmt(f)}" for f in failures[:50]] + [""]
+    return "\n".join(out)
+
+
+def publish_artifacts(workspace: Path, outcomes: list[dict[str, Any]]) -> None:
+    log = get_run_logger()
+    table = [{"stage": o["stage"], "status": o["status"], "duration_s": o.get("duration_s", "")} for o in outcomes]
+    if table:
+        create_table_artifact(table=table, key="fmnist-pipeline-stages",
+                              description=f"DVC stages of this run ({workspace})")
+    md = validation_markdown(workspace)
+    if md:
+        create_markdown_artifact(markdown=md, key="fmnist-validation", description="Data-quality gate (validate stage)")
+    comparison = workspace / COMPARISON
+    if comparison.exists():
+        create_markdown_artifact(markdown=comparison.read_text(encoding="utf-8", errors="replace"),
+                                 key="fmnist-model-comparison", description=str(COMPARISON))
+    else:
+        log.info("no %s yet: model comparison artifact not published", COMPARISON)
+
+
+# ---------------------------------------------------------------------------------------------- flow
+@flow(name="fmnist-pipeline", log_prints=True)
+def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None, retries: int = 2,
+                  retry_delay_s: float = 5.0, force: bool = False) -> list[dict[str, Any]]:
+    """Run the workspace's DVC pipeline, one task per stage in dependency order.
+
+    workspace: repository root holding dvc.yaml (default: current directory).
+    targets: run only these stages and what they depend on (default: every stage).
+    retries / retry_delay_s: for transient stage failures; validation failures are never retried.
+    force: pass --force to dvc repro (re-run even cached stages).
+    """
+    log = get_run_logger()
+    ws = Path(workspace or os.getcwd()).resolve()
+    stages: list[Stage] = load_stages(ws, targets)
+    log.info("workspace %s: %d stage(s) from dvc.yaml in order: %s", ws, len(stages), ", ".join(s.name for s in stages))
+    state = fingerprint.load_state(ws)
+    try:
+        source_fp = fingerprint.compute(ws, state.get("last_seen"))
+    except Exception as exc:   # the fingerprint only feeds the watcher; never block a run on it
+        log.warning("could not fingerprint the data source: %s", exc)
+        source_fp = None
+
+    outcomes: list[dict[str, Any]] = []
+    blocked: set[str] = set()
+    failure: BaseException | None = None
+    (ws / STATE_DIR).mkdir(exist_ok=True)
+    with workspace_lock(ws, f"{STATE_DIR}/run.lock"):
+        for stage in stages:
+            if blocked.intersection(stage.upstream):
+                blocked.add(stage.name)
+                outcomes.append({"stage": stage.name, "status": "not run (upstream failed)"})
+                log.warning("stage '%s' not run: an upstream stage failed", stage.name)
+                continue
+            runner = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
+                                            retries=retries, retry_delay_seconds=retry_delay_s)
+            task_state = runner(str(ws), stage.name, force=force, return_state=True)
+            if task_state.is_completed():
+                outcomes.append(task_state.result())
+                continue
+            blocked.add(stage.name)
+            try:
+                task_state.result()
+            except BaseException as exc:   # noqa: BLE001 - we re-raise the first one below
+                error = exc
+            else:
+                error = RuntimeError(f"stage '{stage.name}' ended in state {task_state.type.value}")
+            outcomes.append({"stage": stage.name,
+                             "status": "failed (validation)" if isinstance(error, ValidationGateFailed) else "failed"})
+            failure = failure or error
+        publish_artifacts(ws, outcomes)
+    if failure is not None:
+        if isinstance(failure, ValidationGateFailed):
+            log.error("pipeline stopped by the data-quality gate:\n%s", failure.reason)
+        raise failure
+    if source_fp is not None:
+        fingerprint.save_state(ws, last_success=source_fp, last_seen=source_fp)
+        log.info("recorded data-source fingerprint %s… as processed", source_fp["digest"][:12])
+    return outcomes

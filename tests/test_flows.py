@@ -1,0 +1,230 @@
+"""Prefect orchestration (flows/): one task per dvc.yaml stage, DVC cache, terminal validation gate, watcher.
+
+Runs the real DVC data stages (up to `split`) in a throw-away workspace over a real data slice, against
+one Prefect test server for the whole module (it takes ~10 s to start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import flows  # noqa: F401  (Prefect/DVC environment defaults before prefect is imported)
+import pytest
+import yaml
+from conftest import REPO, make_workspace
+
+from flows import fingerprint
+from flows.dag import load_stages
+from flows.pipeline_flow import ValidationGateFailed, pipeline_flow, validation_markdown
+from flows.watcher import resource_id, watcher_flow
+
+TARGET = ["split"]
+TRAIN_CSV = Path("source/fashion-mnist_train.csv")
+
+
+def dvc_yaml_order(workspace: Path) -> list[str]:
+    return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
+
+
+def upstream_of_split(workspace: Path) -> list[str]:
+    """Stages `dvc repro split` needs, in dvc.yaml order: computed from dvc.yaml's deps/outs here, independently."""
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    def paths(entries):
+        return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+    outs = {name: paths(s.get("outs")) | paths(s.get("metrics")) for name, s in stages.items() if "cmd" in s}
+    needed, todo = set(), ["split"]
+    while todo:
+        name = todo.pop()
+        needed.add(name)
+        for dep in paths(stages[name].get("deps")):
+            todo += [up for up, produced in outs.items() if dep in produced and up not in needed]
+    return [name for name in stages if name in needed]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def task_runs(flow_run_id) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r for r in runs}
+
+
+def artifacts(flow_run_id) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ran_workspace(prefect_server, fmnist, tmp_path_factory):
+    """A workspace whose data stages (up to split) ran once through the flow: (workspace, first flow state)."""
+    ws = make_workspace(tmp_path_factory.mktemp("flow-ws"), fmnist, train_rows=500, test_rows=200)
+    state = pipeline_flow(workspace=str(ws), targets=TARGET, retry_delay_s=0, return_state=True)
+    assert state.is_completed(), state.message
+    return ws, state
+
+
+# ----------------------------------------------------------------------------------- DAG derivation
+def test_stage_list_is_read_from_dvc_yaml_with_foreach_expanded(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "prep": {"cmd": "python -c 1", "outs": ["a.txt"]},
+        "train": {"foreach": ["m2", "m1"], "do": {"cmd": "python -c 1 ${item}", "deps": ["a.txt"],
+                                                    "outs": ["model-${item}.txt"]}},
+        "report": {"cmd": "python -c 1", "deps": ["model-m1.txt", "model-m2.txt"]},
+        "lonely": {"cmd": "python -c 1"},
+    }}, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    stages = load_stages(tmp_path)
+    assert [s.name for s in stages] == ["prep", "train@m2", "train@m1", "report", "lonely"]
+    assert {s.name: s.upstream for s in stages}["report"] == ("train@m2", "train@m1")
+    assert [s.name for s in load_stages(tmp_path, ["train@m1"])] == ["prep", "train@m1"]
+
+
+def test_repo_dag_matches_dvc_yaml_order():
+    names = [s.name for s in load_stages(REPO)]
+    declared = dvc_yaml_order(REPO)
+    # foreach stages expand to name@item; the order of top-level stages is dvc.yaml's
+    assert [n.split("@")[0] for n in names if n.split("@")[0] in declared] == \
+        [d for d in declared for n in names if n.split("@")[0] == d]
+
+
+# ------------------------------------------------------------------------------------- pipeline flow
+def test_flow_runs_each_stage_as_one_task_in_dvc_order(ran_workspace):
+    ws, state = ran_workspace
+    expected = upstream_of_split(ws)
+    outcomes = state.result()
+    assert [o["stage"] for o in outcomes] == expected
+    assert all(o["status"] == "ran" for o in outcomes)
+    runs = task_runs(state.state_details.flow_run_id)
+    assert sorted(runs) == sorted(expected)
+    assert all(r.state.is_completed() and r.state.name == "Completed" for r in runs.values())
+    order = sorted(runs.values(), key=lambda r: r.start_time)
+    assert [r.name for r in order] == expected
+    assert all(r.total_run_time.total_seconds() > 0 for r in runs.values())
+    assert (ws / "data/split/train.npz").exists()
+    assert fingerprint.load_state(ws)["last_success"]["digest"]
+    found = artifacts(state.state_details.flow_run_id)
+    assert "fmnist-validation" in found and "PASSED" in found["fmnist-validation"].data
+    assert "fmnist-pipeline-stages" in found
+
+
+def test_second_run_reports_every_stage_cached(ran_workspace):
+    ws, _ = ran_workspace
+    state = pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True)
+    assert state.is_completed()
+    assert {o["status"] for o in state.result()} == {"cached"}
+    runs = task_runs(state.state_details.flow_run_id)
+    assert sorted(runs) == sorted(upstream_of_split(ws))
+    assert {r.state.name for r in runs.values()} == {"Cached"}
+
+
+def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
+    ws, _ = ran_workspace
+    source = ws / TRAIN_CSV
+    original = source.read_bytes()
+    last_success = fingerprint.load_state(ws)["last_success"]
+    kept = {p: digest(ws / p) for p in ("data/split/train.npz", "data/split/val.npz",
+                                        "data/processed/train.npz", "data/validation/report.json")}
+    lines = original.split(b"\n")
+    lines[1] = b"10," + lines[1].split(b",", 1)[1]      # first image gets label 10: the gate must reject it
+    source.write_bytes(b"\n".join(lines))
+    try:
+        state = pipeline_flow(workspace=str(ws), targets=TARGET, retries=2, retry_delay_s=0, return_state=True)
+        assert state.is_failed()
+        with pytest.raises(ValidationGateFailed, match="label"):
+            state.result()
+        runs = task_runs(state.state_details.flow_run_id)
+        assert runs["validate"].state.is_failed()
+        assert runs["validate"].run_count == 1, "a validation failure must not be retried"
+        assert "convert" not in runs and "split" not in runs
+        assert {p: digest(ws / p) for p in kept} == kept, "previous good outputs must stay untouched"
+        assert fingerprint.load_state(ws)["last_success"] == last_success, "a failed run must not record its data"
+        md = validation_markdown(ws)
+        assert "FAILED" in md and "label" in md
+        assert "FAILED" in artifacts(state.state_details.flow_run_id)["fmnist-validation"].data
+    finally:
+        source.write_bytes(original)
+
+
+# ------------------------------------------------------------------------------------------- watcher
+def test_watcher_runs_pipeline_only_when_source_changed(ran_workspace):
+    ws, _ = ran_workspace
+    assert watcher_flow(workspace=str(ws), targets=TARGET) == {
+        "changed": False, "action": "none", "digest": fingerprint.load_state(ws)["last_success"]["digest"]}
+
+    source = ws / TRAIN_CSV
+    lines = source.read_bytes().split(b"\n")
+    cells = lines[1].split(b",")
+    cells[400] = b"7" if cells[400] != b"7" else b"8"      # one pixel of one image: a real content change
+    lines[1] = b",".join(cells)
+    source.write_bytes(b"\n".join(lines))
+    before = digest(ws / "data/raw/fashion-mnist_train.csv")
+    result = watcher_flow(workspace=str(ws), targets=["fetch"])    # the trigger is under test, not the stages
+    assert result["changed"] and result["action"] == "ran"
+    assert digest(ws / "data/raw/fashion-mnist_train.csv") != before
+    assert fingerprint.load_state(ws)["last_success"]["digest"] == result["digest"]
+
+    # A new process reloads the fingerprint from .prefect-state/fingerprint.json: nothing changed, nothing runs.
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(REPO))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "flows", "watch", "--once", "--workspace", str(ws), "--target", "fetch"],
+                          cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+    print(f"watch --once in a new process: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, proc.stderr
+    assert "unchanged" in proc.stdout + proc.stderr
+    assert "Running stage" not in proc.stdout + proc.stderr
+
+
+def test_watcher_event_mode_emits_once_per_change(ran_workspace, monkeypatch):
+    ws, _ = ran_workspace
+    import prefect.events
+
+    sent = []
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: sent.append(kw))
+    state = fingerprint.load_state(ws)
+    fingerprint.save_state(ws, last_success={**state["last_success"], "digest": "stale"})
+    try:
+        first = watcher_flow(workspace=str(ws), mode="event")
+        second = watcher_flow(workspace=str(ws), mode="event")
+    finally:
+        fingerprint.save_state(ws, last_success=state["last_success"], announced=None)
+    assert first["action"] == "event" and second["action"] == "already-announced"
+    assert len(sent) == 1 and sent[0]["event"] == flows.DATASET_CHANGED_EVENT
+    assert sent[0]["resource"]["prefect.resource.id"] == resource_id(ws)
+
+
+def test_deployments_wire_schedule_and_event_trigger(tmp_path):
+    from flows.deployments import build_deployments
+
+    watcher, pipeline = build_deployments(tmp_path, cron="*/5 * * * *")
+    assert watcher.parameters["mode"] == "event"
+    assert watcher.schedules[0].schedule.cron == "*/5 * * * *"
+    (trigger,) = pipeline.triggers
+    assert trigger.expect == {flows.DATASET_CHANGED_EVENT}
+    assert trigger.match.model_dump()["prefect.resource.id"] == resource_id(tmp_path)
+    assert pipeline.concurrency_limit == 1
