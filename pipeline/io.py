@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,8 +121,13 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.exists():
         raise PipelineError(f"{path}: file not found", hint="run the stage that produces it first (dvc repro)")
     # allow_pickle=False: a data file must never be able to execute code when loaded.
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise PipelineError(
+            f"{path}: contains pickled objects or is corrupt; refusing to load it (allow_pickle=False): {exc}",
+            hint="re-create it with the stage that produces it (dvc repro)") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -27,15 +27,23 @@ def table_to_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return pixels.reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels
 
 
-def require_passed(report_path: Path) -> None:
+def require_passed(report_path: Path, interim_dir: Path) -> None:
+    """Refuse unless the gate passed on exactly these Parquet files (their SHA-256 is in the report)."""
     report = io.read_json(report_path)
     if not report.get("success"):
         raise PipelineError(f"{report_path}: the validation gate did not pass; refusing to convert unvalidated data",
                             hint="fix the data and re-run `dvc repro validate`")
+    judged = report.get("inputs_sha256") or {}
+    for split in SPLITS:
+        path = interim_dir / f"{split}.parquet"
+        if judged.get(split) != io.sha256_file(path):
+            raise PipelineError(
+                f"{path} is not the file the validation gate passed ({report_path} describes other data)",
+                hint="run the gate on the current data first: `dvc repro validate` (or `python -m pipeline validate`)")
 
 
 def convert(interim_dir: Path, report_path: Path, out_dir: Path) -> dict[str, Path]:
-    require_passed(report_path)
+    require_passed(report_path, interim_dir)
     arrays = {}
     for split in SPLITS:
         table = pq.read_table(interim_dir / f"{split}.parquet")

@@ -147,12 +147,23 @@ def download(url: str, target: Path, timeout_s: float) -> None:
 
 
 def load_idx_url(base_url: str, cache_dir: Path, timeout_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import hashlib
+
     base = base_url if base_url.endswith("/") else base_url + "/"
     for stems in IDX_NAMES.values():
         for stem in stems:
             target = cache_dir / f"{stem}.gz"
-            if not target.exists():
-                download(base + f"{stem}.gz", target, timeout_s)
+            if target.exists():
+                # A cached download is reused only if its content is the official one; else fetch it again.
+                try:
+                    ok = hashlib.sha256(gzip.decompress(target.read_bytes())).hexdigest() == IDX_SHA256[stem]
+                except (OSError, EOFError, gzip.BadGzipFile):
+                    ok = False
+                if ok:
+                    continue
+                print(f"fetch: cached {target} is corrupt; downloading it again", file=sys.stderr)
+                target.unlink()
+            download(base + f"{stem}.gz", target, timeout_s)
     return load_idx_dir(cache_dir)
 
 

@@ -602,6 +602,8 @@ def validate(interim_dir: Path, report_path: Path, docs_dir: Path, params: Valid
     shutil.rmtree(staging, ignore_errors=True)
     try:
         report = validate_tables(tables, params, docs_dir=staging)
+        # Bind the verdict to the exact bytes judged: convert refuses Parquet files whose hash differs.
+        report["inputs_sha256"] = {split: io.sha256_file(Path(interim_dir) / f"{split}.parquet") for split in tables}
         target_report, target_docs = (report_path, docs_dir) if report["success"] else (failed_report, failed_docs)
         with io.atomic_dir(target_docs) as tmp:
             shutil.rmtree(tmp)

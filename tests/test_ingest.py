@@ -1,0 +1,323 @@
+"""ingest stage + the validate gate against a corpus of malformed/invalid CSVs made from REAL rows.
+
+Each case starts from a workspace whose outputs were built from a clean real slice (ingest, then
+validate, as the DAG runs them), corrupts the train CSV in one way, and runs the stages again:
+
+- the run must fail (ingest: exit 2; the validate gate: exit 3),
+- the message must name the file/line/column or the failed expectation,
+- the previous good outputs a later stage would consume must be byte-identical afterwards.
+
+Which stage catches what (by design): ingest rejects what cannot be typed as uint8 (non-integers,
+out-of-range values, ragged/truncated rows, BOM, CRLF, empty file, a header that is not a permutation
+of label,pixel1..pixel784). Empty/NaN cells become nulls and the gate rejects them; so do wrong column
+order, labels 10..255, missing classes, class imbalance and wrong row counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.cli import main as pipeline_main
+from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
+from pipeline.data.ingest import read_kaggle_csv
+from pipeline.errors import PipelineError
+from pipeline.schema import CSV_COLUMNS
+
+from tests.conftest import REPO, run_cli, write_csv_slice
+
+TRAIN_ROWS, TEST_ROWS = 1000, 300
+TRAIN_CSV = "data/raw/fashion-mnist_train.csv"
+INGEST = ("ingest", "--params", "params.yaml", "--raw", "data/raw", "--out", "data/interim")
+VALIDATE = ("validate", "--params", "params.yaml", "--interim", "data/interim",
+            "--report", "data/validation/report.json", "--docs", "data/validation/docs")
+
+
+def write_params(ws: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["validate"]["expected_rows"] = {"train": TRAIN_ROWS, "test": TEST_ROWS}
+    params["validate"]["class_share_tolerance"] = 0.05  # a 1,000-row slice is not exactly 10% per class
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_in_process(ws: Path, *args: str) -> tuple[int, str]:
+    """`python -m pipeline <args>` in this process (same code path as the subprocess; GX is imported once)."""
+    err = io.StringIO()
+    with contextlib.chdir(ws), contextlib.redirect_stderr(err):
+        code = pipeline_main(list(args))
+    return code, err.getvalue()
+
+
+def snapshot(ws: Path) -> dict[str, str]:
+    """sha256 of every output file a later stage could consume."""
+    files = sorted((ws / "data/interim").glob("*")) + [ws / "data/validation/report.json"]
+    files += sorted(p for p in (ws / "data/validation/docs").rglob("*") if p.is_file())
+    return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def good_workspace(tmp_path_factory, fmnist) -> Path:
+    """Outputs of ingest + validate on a clean real slice (1,000 train / 300 test rows)."""
+    ws = tmp_path_factory.mktemp("good")
+    write_params(ws)
+    write_csv_slice(fmnist, ws / "data/raw", TRAIN_ROWS, TEST_ROWS)
+    proc = run_cli(*INGEST, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    code, err = run_in_process(ws, *VALIDATE)
+    assert code == 0, err
+    return ws
+
+
+@pytest.fixture
+def workspace(good_workspace, tmp_path) -> Path:
+    ws = tmp_path / "ws"
+    shutil.copytree(good_workspace, ws)
+    return ws
+
+
+# --------------------------------------------------------------------------- corruptions of real rows
+# Each takes the CSV's lines (lines[0] is the header, lines[r + 1] is data row r = CSV line r + 2; the
+# file ends with a newline, so lines[-1] == "") and returns the new file content as bytes.
+Lines = list[str]
+
+
+def set_cell(row: int, column: str, value: str) -> Callable[[Lines], bytes]:
+    def corrupt(lines: Lines) -> bytes:
+        cells = lines[row + 1].split(",")
+        cells[CSV_COLUMNS.index(column)] = value
+        lines[row + 1] = ",".join(cells)
+        return "\n".join(lines).encode()
+    return corrupt
+
+
+def drop_column(column: str) -> Callable[[Lines], bytes]:
+    def corrupt(lines: Lines) -> bytes:
+        i = CSV_COLUMNS.index(column)
+        out = []
+        for line in lines[:-1]:
+            cells = line.split(",")
+            out.append(",".join(cells[:i] + cells[i + 1:]))
+        return ("\n".join(out) + "\n").encode()
+    return corrupt
+
+
+def swap_columns(a: str, b: str) -> Callable[[Lines], bytes]:
+    """Swap two columns, header and values together: the data are right, the order is not."""
+    def corrupt(lines: Lines) -> bytes:
+        i, j = CSV_COLUMNS.index(a), CSV_COLUMNS.index(b)
+        out = []
+        for line in lines[:-1]:
+            cells = line.split(",")
+            cells[i], cells[j] = cells[j], cells[i]
+            out.append(",".join(cells))
+        return ("\n".join(out) + "\n").encode()
+    return corrupt
+
+
+def keep_rows(select: Callable[[np.ndarray], np.ndarray]) -> Callable[[Lines], bytes]:
+    """Keep the data rows for which select(labels) is True."""
+    def corrupt(lines: Lines) -> bytes:
+        rows = lines[1:-1]
+        labels = np.array([int(r.split(",", 1)[0]) for r in rows])
+        keep = select(labels)
+        return ("\n".join([lines[0]] + [r for r, k in zip(rows, keep) if k]) + "\n").encode()
+    return corrupt
+
+
+def drop_most_of_class(cls: int, fraction: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Remove `fraction` of one class's rows (5,000 of 6,000 on the full set = 5/6)."""
+    def select(labels: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(labels == cls)
+        keep = np.ones(len(labels), dtype=bool)
+        keep[idx[: int(round(len(idx) * fraction))]] = False
+        return keep
+    return select
+
+
+def replace_header(fn: Callable[[list[str]], list[str]]) -> Callable[[Lines], bytes]:
+    def corrupt(lines: Lines) -> bytes:
+        lines[0] = ",".join(fn(lines[0].split(",")))
+        return "\n".join(lines).encode()
+    return corrupt
+
+
+def rename(names: list[str], old: str, new: str) -> list[str]:
+    return [new if n == old else n for n in names]
+
+
+def append_cell(row: int, value: str) -> Callable[[Lines], bytes]:
+    def corrupt(lines: Lines) -> bytes:
+        lines[row + 1] += "," + value
+        return "\n".join(lines).encode()
+    return corrupt
+
+
+def drop_last_cell(row: int) -> Callable[[Lines], bytes]:
+    def corrupt(lines: Lines) -> bytes:
+        lines[row + 1] = lines[row + 1].rsplit(",", 1)[0]
+        return "\n".join(lines).encode()
+    return corrupt
+
+
+def truncate_last_line(lines: Lines) -> bytes:
+    """A download cut off in the middle of the last row (no final newline)."""
+    text = "\n".join(lines[:-1])
+    return text[: len(text) - len(lines[-2]) // 2].encode()
+
+
+def with_bom(lines: Lines) -> bytes:
+    return b"\xef\xbb\xbf" + "\n".join(lines).encode()
+
+
+def with_crlf(lines: Lines) -> bytes:
+    return "\r\n".join(lines).encode()
+
+
+def empty(lines: Lines) -> bytes:
+    return b""
+
+
+def header_only(lines: Lines) -> bytes:
+    return (lines[0] + "\n").encode()
+
+
+LAST = TRAIN_ROWS + 1  # CSV line of the last data row
+
+# (id, corruption, stage that must reject it, substrings the error must contain)
+INGEST_CASES = [
+    ("pixel-256", set_cell(6, "pixel12", "256"),
+     [f"{TRAIN_CSV}: line 8, column 'pixel12' (#13): value 256 is outside 0-255"]),
+    ("pixel-minus-1", set_cell(123, "pixel784", "-1"),
+     [f"{TRAIN_CSV}: line 125, column 'pixel784' (#785): value -1 is outside 0-255"]),
+    ("label-minus-1", set_cell(9, "label", "-1"),
+     [f"{TRAIN_CSV}: line 11, column 'label' (#1): value -1 is outside 0-255", "labels in 0..9"]),
+    ("text-cell", set_cell(42, "pixel400", "white"),
+     [f"{TRAIN_CSV}: line 44, column 'pixel400' (#401): 'white' is not an integer"]),
+    ("float-pixel", set_cell(3, "pixel5", "12.5"),
+     [f"{TRAIN_CSV}: line 5, column 'pixel5' (#6): '12.5' is not an integer"]),
+    ("missing-column", drop_column("pixel784"),
+     [f"{TRAIN_CSV}: line 1: header has 784 columns, expected 785", "missing: pixel784"]),
+    ("wrong-header", replace_header(lambda h: rename(h, "label", "class")),
+     [f"{TRAIN_CSV}: line 1:", "missing: label", "unexpected: class"]),
+    ("duplicated-header", replace_header(lambda h: rename(h, "pixel2", "pixel1")),
+     ["missing: pixel2", "duplicated: pixel1"]),
+    ("ragged-row-long", append_cell(40, "0"),
+     [f"{TRAIN_CSV}: line 42: row has 786 fields, expected 785 (too long or ragged row)"]),
+    ("ragged-row-short", drop_last_cell(500),
+     [f"{TRAIN_CSV}: line 502: row has 784 fields, expected 785 (truncated or ragged row)"]),
+    ("truncated-last-line", truncate_last_line,
+     [f"{TRAIN_CSV}: line {LAST}: row has", "expected 785 (truncated", "does not end with a newline"]),
+    ("empty-file", empty, [f"{TRAIN_CSV}: file is empty"]),
+    ("header-only", header_only, [f"{TRAIN_CSV}: the file has a header but no data rows"]),
+    ("bom", with_bom, [f"{TRAIN_CSV}: line 1 starts with a UTF-8 byte-order mark (BOM)"]),
+    ("crlf", with_crlf, [f"{TRAIN_CSV}: line 1 ends with CRLF (Windows line endings)", "dos2unix"]),
+]
+
+VALIDATE_CASES = [
+    ("nan-empty-cell", set_cell(17, "pixel200", ""),
+     ["train: 1 null cell(s) in 1 row(s): row 17, column pixel200", "pixel200 (1 null)"]),
+    ("nan-spelled", set_cell(900, "pixel784", "NaN"),
+     ["train: 1 null cell(s) in 1 row(s): row 900, column pixel784"]),
+    ("label-10", set_cell(5, "label", "10"), ["train: 1 label value(s) outside 0..9: row 5 -> 10"]),
+    ("swapped-column-order", swap_columns("pixel1", "pixel2"),
+     ["train: columns out of order: position 2 is pixel2, expected pixel1 (2 positions differ)"]),
+    ("dropped-class", keep_rows(lambda y: y != 8),
+     ["train: 1 class(es) have no rows: 'Bag' (8)", "rows, expected 1000"]),
+    ("5-of-6-of-one-class-removed", keep_rows(drop_most_of_class(8, 5 / 6)),
+     ["train: 1 class share(s) outside 0.05..0.15: class 'Bag' (8) share", "rows, expected 1000"]),
+    ("wrong-row-count", keep_rows(lambda y: np.arange(len(y)) < TRAIN_ROWS - 10),
+     [f"train: {TRAIN_ROWS - 10} rows, expected {TRAIN_ROWS}"]),
+]
+
+
+def corrupt_train_csv(ws: Path, corruption: Callable[[Lines], bytes]) -> None:
+    path = ws / TRAIN_CSV
+    path.write_bytes(corruption(path.read_text().split("\n")))
+
+
+@pytest.mark.parametrize("corruption,expected", [pytest.param(c, e, id=i) for i, c, e in INGEST_CASES])
+def test_ingest_rejects_and_keeps_previous_outputs(workspace, corruption, expected):
+    before = snapshot(workspace)
+    corrupt_train_csv(workspace, corruption)
+    proc = run_cli(*INGEST, cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("error [ingest]:") == 1 and "Traceback" not in proc.stderr
+    assert "how to fix:" in proc.stderr
+    for text in expected:
+        assert text in proc.stderr
+    assert snapshot(workspace) == before
+    assert visible(workspace / "data/interim") == ["test.parquet", "train.parquet"]
+    assert visible(workspace / "data/validation") == ["docs", "report.json"]
+
+
+@pytest.mark.parametrize("corruption,expected", [pytest.param(c, e, id=i) for i, c, e in VALIDATE_CASES])
+def test_validate_gate_rejects_and_keeps_previous_report(workspace, corruption, expected):
+    before = snapshot(workspace)
+    corrupt_train_csv(workspace, corruption)
+    proc = run_cli(*INGEST, cwd=workspace)
+    assert proc.returncode == 0, proc.stderr  # readable as uint8/null: judging it is the gate's job
+    code, err = run_in_process(workspace, *VALIDATE)
+    assert code == 3, err
+    assert "error [validate]: data validation failed" in err
+    for text in expected:
+        assert text in err
+    assert "the previous good data/validation/report.json was left untouched" in err
+    after = snapshot(workspace)
+    guarded = [k for k in before if k.startswith("data/validation/")]
+    assert {k: after[k] for k in guarded} == {k: before[k] for k in guarded}
+    assert visible(workspace / "data/validation") == ["docs", "docs.failed", "report.failed.json", "report.json"]
+    # The test split was untouched: its Parquet is the same bytes as before.
+    assert after["data/interim/test.parquet"] == before["data/interim/test.parquet"]
+
+
+# ----------------------------------------------------------------------------------- the happy path
+def test_ingest_types_every_column_uint8_and_round_trips(workspace, fmnist):
+    table = pq.read_table(workspace / "data/interim/train.parquet")
+    assert table.column_names == list(CSV_COLUMNS)
+    assert {f.type for f in table.schema} == {pa.uint8()}
+    x, y = fmnist["train"]
+    np.testing.assert_array_equal(table.column("label").to_numpy(), y[:TRAIN_ROWS])
+    pixels = np.column_stack([table.column(i).to_numpy() for i in range(1, 785)])
+    np.testing.assert_array_equal(pixels.reshape(-1, 28, 28), x[:TRAIN_ROWS])
+
+
+def test_full_official_test_set_ingests_exactly(tmp_path, fmnist):
+    xt, yt = fmnist["test"]
+    path = tmp_path / "test.csv"
+    write_kaggle_csv(to_kaggle_table(xt, yt), path)
+    table = read_kaggle_csv(path)
+    assert table.num_rows == 10000
+    assert table.equals(to_kaggle_table(xt, yt))
+
+
+def test_mixed_line_endings_after_the_header_parse_to_the_same_values(tmp_path, fmnist):
+    """pyarrow accepts CR LF on data lines; the values must still be exact (no stray '\\r' cells)."""
+    paths = write_csv_slice(fmnist, tmp_path, 50, 1)
+    lines = paths["train"].read_text().split("\n")
+    lines[10] += "\r"
+    paths["train"].write_text("\n".join(lines))
+    x, y = fmnist["train"]
+    assert read_kaggle_csv(paths["train"]).equals(to_kaggle_table(x[:50], y[:50]))
+
+
+def test_missing_csv_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="file not found"):
+        read_kaggle_csv(tmp_path / "nope.csv")
+    proc = run_cli(*INGEST, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "data/raw/fashion-mnist_train.csv: file not found" in proc.stderr
+    assert "dvc repro fetch" in proc.stderr
