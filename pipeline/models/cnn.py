@@ -90,46 +90,25 @@ def _adadelta(hp: dict[str, Any]):
 
 
 # ---------------------------------------------------------------------------------------- paper A
+def _paper_a_two_blocks(hp: dict[str, Any], name: str, convs_per_block: int) -> keras.Model:
+    """2 x (convs_per_block x conv3x3 -> maxpool2 -> dropout), dense, dense, softmax; Adadelta."""
+    d1, d2 = hp["dense_units"]
+    stack: list[Any] = [keras.Input(INPUT_SHAPE)]
+    for filters in hp["filters"]:
+        stack += [layers.Conv2D(filters, 3, padding="same", activation="relu") for _ in range(convs_per_block)]
+        stack += [layers.MaxPooling2D(2), layers.Dropout(hp["dropout"])]
+    stack += [layers.Flatten(), layers.Dense(d1, activation="relu"), layers.Dense(d2, activation="relu"), _output()]
+    return _compile(keras.Sequential(stack, name=name.replace("-", "_")), _adadelta(hp))
+
+
 def paper_a_dropout(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -> keras.Model:
     """cnn-dropout-1 / cnn-dropout-3: 2 x (conv3x3 -> maxpool2 -> dropout), dense, dense, softmax."""
-    f1, f2 = hp["filters"]
-    d1, d2 = hp["dense_units"]
-    model = keras.Sequential([
-        keras.Input(INPUT_SHAPE),
-        layers.Conv2D(f1, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(hp["dropout"]),
-        layers.Conv2D(f2, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(hp["dropout"]),
-        layers.Flatten(),
-        layers.Dense(d1, activation="relu"),
-        layers.Dense(d2, activation="relu"),
-        _output(),
-    ], name=name.replace("-", "_"))
-    return _compile(model, _adadelta(hp))
+    return _paper_a_two_blocks(hp, name, convs_per_block=1)
 
 
 def paper_a_dropout_2(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -> keras.Model:
     """cnn-dropout-2: as cnn-dropout-1 but two convolutions before each max-pool."""
-    f1, f2 = hp["filters"]
-    d1, d2 = hp["dense_units"]
-    model = keras.Sequential([
-        keras.Input(INPUT_SHAPE),
-        layers.Conv2D(f1, 3, padding="same", activation="relu"),
-        layers.Conv2D(f1, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(hp["dropout"]),
-        layers.Conv2D(f2, 3, padding="same", activation="relu"),
-        layers.Conv2D(f2, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(hp["dropout"]),
-        layers.Flatten(),
-        layers.Dense(d1, activation="relu"),
-        layers.Dense(d2, activation="relu"),
-        _output(),
-    ], name=name.replace("-", "_"))
-    return _compile(model, _adadelta(hp))
+    return _paper_a_two_blocks(hp, name, convs_per_block=2)
 
 
 def paper_a_simple(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -> keras.Model:
