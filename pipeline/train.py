@@ -333,6 +333,8 @@ def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see pipeline.models.names())")
     parser.add_argument("--data", type=Path, default=Path("data/split"))
     parser.add_argument("--out", type=Path, default=None, help="default: models/<model>")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also write the per-epoch history here (a DVC plot file outside the model dir)")
 
 
 def cli(args) -> None:
@@ -340,4 +342,8 @@ def cli(args) -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     params = load_params(args.params)
-    run(args.model, args.data, args.out or Path("models") / args.model, params)
+    out = args.out or Path("models") / args.model
+    run(args.model, args.data, out, params)
+    if args.plot is not None:
+        # DVC forbids a plot inside another output, so the curve DVC plots is a copy beside models/.
+        io.write_bytes(args.plot, (out / "history.csv").read_bytes())

@@ -191,9 +191,12 @@ def test_cli(split_dir, tmp_path):
     import yaml
     params.write_text(yaml.safe_dump(params_for("gaussian-nb")))
     out = tmp_path / "models" / "gaussian-nb"
+    plot = tmp_path / "plots" / "history" / "gaussian-nb.csv"
     proc = run_cli("train", "--params", str(params), "--model", "gaussian-nb", "--data", str(split_dir),
-                   "--out", str(out), timeout=300)
+                   "--out", str(out), "--plot", str(plot), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.skops").exists()
+    # The DVC plot file (outside the model dir, which DVC requires) is the model's history.
+    assert plot.read_bytes() == (out / "history.csv").read_bytes()
     bad = run_cli("train", "--params", str(params), "--model", "nope", "--data", str(split_dir), "--out", str(out))
     assert bad.returncode != 0 and "valid model names" in bad.stderr and "Traceback" not in bad.stderr
