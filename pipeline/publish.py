@@ -360,8 +360,14 @@ def _tf1_sentence(paper_a: Sequence[ModelResult]) -> str:
     if not tf1:
         return ""
     ours = [r.accuracy for r in paper_a]
-    return (f" Paper A's own TF1 run reported {min(tf1):.2f}–{max(tf1):.2f}% test accuracy for these models; "
-            f"we measure {min(ours):.2f}–{max(ours):.2f}%.")
+    return (f" Paper A's own TF1 run reported {_span(tf1)}% test accuracy for these models; "
+            f"we measure {_span(ours)}%.")
+
+
+def _span(values: Sequence[float]) -> str:
+    """'90.35' for one value (or equal values), '90.35–91.72' for a range."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict[str, Any]],

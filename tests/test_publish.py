@@ -249,3 +249,10 @@ def test_cli_publish_and_missing_model_error(workspace, tmp_path):
     proc = run_cli(*args, cwd=root)
     assert proc.returncode == 2 and names[1] in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(root / "reports") == before
+
+
+def test_note_spans_collapse_a_single_value():
+    from pipeline.publish import _span
+
+    assert _span([90.35]) == "90.35"
+    assert _span([90.35, 91.72, 90.81]) == "90.35–91.72"
