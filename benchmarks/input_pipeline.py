@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def load(data: Path, n: int):
@@ -40,7 +41,9 @@ def epoch_times(name: str, x, y, batch_size: int, repeats: int, use_tf_data: boo
     from pipeline.models import registry
 
     spec = registry.get(name)
-    hp = spec.hyperparams({"batch_size": batch_size, "epochs": repeats + 1})
+    from pipeline.params import load_params
+    shipped = (load_params(REPO / "params.yaml").get("models") or {}).get(name)
+    hp = spec.hyperparams({**(shipped or {}), "batch_size": batch_size, "epochs": repeats + 1})
     keras.utils.set_random_seed(seed)
     model = spec.build(hp, seed=seed, steps_per_epoch=-(-len(x) // batch_size))
     fit_kw, kind = train._datasets(x, y, x[:batch_size], y[:batch_size], batch_size, seed, use_tf_data)

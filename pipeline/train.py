@@ -311,11 +311,15 @@ def run(name: str, data: Path, out: Path, params: dict[str, Any], *, callbacks: 
 
     spec = registry.get(name)
     tp = build(TrainParams, params.get("train", {}), "train")
-    overrides = (params.get("models") or {}).get(name) or {}
+    configured = params.get("models") or {}
+    if name not in configured:
+        raise PipelineError(f"params.yaml: no hyperparameters for model `{name}` (section `models.{name}`)",
+                            hint=f"add `models: {{{name}: ...}}` with: {', '.join(spec.hyperparameters)}")
+    hyperparams = configured[name]
     train, val = io.load_arrays(data / "train.npz"), io.load_arrays(data / "val.npz")
     ckpt = checkpoint_dir_for(out) if spec.family == "keras" else None
     model, rows, meta = train_model(
-        spec, overrides, train["x"], train["y"], val["x"], val["y"], seed=tp.seed, checkpoint_dir=ckpt,
+        spec, hyperparams, train["x"], train["y"], val["x"], val["y"], seed=tp.seed, checkpoint_dir=ckpt,
         callbacks=callbacks, mixed_precision=tp.mixed_precision,
         exact_gradient_boosting=tp.exact_gradient_boosting, use_tf_data=tp.tf_data, verbose=verbose)
     save_artifacts(out, model, spec.family, rows, meta)

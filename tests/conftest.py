@@ -20,6 +20,11 @@ from pipeline.data.fetch import load_idx_dir, to_kaggle_table, write_kaggle_csv
 from pipeline.schema import CSV_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped_hyperparams(name: str) -> dict:
+    """The shipped params.yaml `models.<name>`: the only home of each model's hyperparameter values."""
+    return dict(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["models"][name])
 DEBIAN_IDX_DIR = Path(os.environ.get("FMNIST_IDX_DIR", "/usr/share/datasets/fashion-mnist"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

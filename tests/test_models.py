@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.models import registry
+from tests.conftest import shipped_hyperparams
 
 PAPER_A = ["cnn-dropout-1", "cnn-dropout-2", "cnn-dropout-3", "cnn-simple"]
 PAPER_B = ["paper-b-cnn", "paper-b-cnn-dropout"]
@@ -24,7 +25,7 @@ EXPECTED_PARAMS = {  # name -> (ours, published or None)
     "cnn-simple": (1_625_866, 110_968),
     "paper-b-cnn": (110_474, None),
     "paper-b-cnn-dropout": (110_474, None),
-    "cnn-ours": (468_138, None),
+    "cnn-ours": (241_898, None),
 }
 
 
@@ -53,19 +54,34 @@ def test_paper_specs_carry_published_numbers():
         spec = registry.get(name)
         assert spec.source == registry.PAPER_A and spec.published["accuracy"] == acc
         assert spec.published["tf2_test_accuracy"] == acc  # Table 1 == Table 2 TF2 test column
-        assert spec.defaults["learning_rate"] == 1.0  # Adadelta lr 1.0, not Keras' 0.001
-        assert spec.defaults["batch_size"] == 128 and spec.defaults["epochs"] == 12
+        hp = shipped_hyperparams(name)  # what `dvc repro` trains with
+        assert hp["learning_rate"] == 1.0  # Adadelta lr 1.0, not Keras' 0.001
+        assert hp["batch_size"] == 128 and hp["epochs"] == 12
     assert registry.get("cnn-dropout-3").published["tf1_test_accuracy"] == 90.86
     assert registry.get("cnn-simple").published["tf1_train_loss"] == 0.04
     b = registry.get("paper-b-cnn-dropout")
     assert b.published["accuracy"] == 92.56 and b.published["class_report"]["Shirt"]["f1"] == 0.78
     assert registry.get("paper-b-cnn").published["accuracy"] == 91.5
-    assert registry.get("cnn-dropout-3").defaults["dropout"] < registry.get("cnn-dropout-1").defaults["dropout"]
+    assert shipped_hyperparams("cnn-dropout-3")["dropout"] < shipped_hyperparams("cnn-dropout-1")["dropout"]
+    for name in ("paper-b-cnn", "paper-b-cnn-dropout"):
+        assert shipped_hyperparams(name)["epochs"] == 50 and shipped_hyperparams(name)["filters"] == [32, 64, 128]
 
 
 def test_unknown_hyperparameter_is_an_error():
     with pytest.raises(PipelineError, match="epochz"):
-        registry.get("cnn-simple").hyperparams({"epochz": 3})
+        registry.get("cnn-simple").hyperparams({**shipped_hyperparams("cnn-simple"), "epochz": 3})
+
+
+def test_missing_hyperparameter_is_an_error_not_a_silent_default():
+    hp = shipped_hyperparams("svc")
+    del hp["C"]
+    with pytest.raises(PipelineError, match=r"models\.svc.* lacks .*\bC\b"):
+        registry.get("svc").hyperparams(hp)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_shipped_params_give_every_model_exactly_its_keys(name):
+    assert registry.get(name).hyperparams(shipped_hyperparams(name)) == shipped_hyperparams(name)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS),
@@ -73,7 +89,7 @@ def test_unknown_hyperparameter_is_an_error():
                               for n, (o, p) in EXPECTED_PARAMS.items()])
 def test_cnn_trainable_parameter_count(name):
     spec = registry.get(name)
-    model = spec.build(spec.hyperparams(), steps_per_epoch=10)
+    model = spec.build(spec.hyperparams(shipped_hyperparams(name)), steps_per_epoch=10)
     ours, published = EXPECTED_PARAMS[name]
     trainable = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
     assert trainable == ours, f"{name}: {trainable:,} trainable params (pinned {ours:,}; published {published})"
@@ -84,14 +100,14 @@ def test_cnn_trainable_parameter_count(name):
 
 def test_paper_a_uses_adadelta_lr_1():
     spec = registry.get("cnn-dropout-1")
-    model = spec.build(spec.hyperparams())
+    model = spec.build(spec.hyperparams(shipped_hyperparams(spec.name)))
     assert type(model.optimizer).__name__ == "Adadelta"
     assert float(model.optimizer.learning_rate) == pytest.approx(1.0)
 
 
 def test_cnn_simple_dense_sees_14x14():
     spec = registry.get("cnn-simple")
-    model = spec.build(spec.hyperparams())
+    model = spec.build(spec.hyperparams(shipped_hyperparams(spec.name)))
     flatten = next(layer for layer in model.layers if type(layer).__name__ == "Flatten")
     assert flatten.output.shape[-1] == 14 * 14 * 64
 
@@ -108,11 +124,12 @@ def test_model_code_uses_keras_only():
 
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_baseline_builds_scaler_pipeline(name):
-    model = registry.get(name).build(registry.get(name).hyperparams(), seed=0)
+    model = registry.get(name).build(registry.get(name).hyperparams(shipped_hyperparams(name)), seed=0)
     assert type(model[0]).__name__ == "StandardScaler"
     if name == "gradient-boosting":
         assert type(model[-1]).__name__ == "HistGradientBoostingClassifier"
-        exact = registry.get(name).build(registry.get(name).hyperparams(), seed=0, exact_gradient_boosting=True)
+        exact = registry.get(name).build(registry.get(name).hyperparams(shipped_hyperparams(name)), seed=0,
+                                         exact_gradient_boosting=True)
         assert type(exact[-1]).__name__ == "GradientBoostingClassifier"
     if name == "passive-aggressive":
         clf = model[-1]

@@ -24,7 +24,7 @@ from pipeline import io, publish
 from pipeline.data.split import class_counts
 from pipeline.errors import PipelineError
 from pipeline.models import registry
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, shipped_hyperparams
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +68,7 @@ def build_workspace(root: Path, small_split, names: list[str]) -> dict[str, Path
                 "epochs": len(history), "device": "CPU", "backend": "tensorflow" if spec.family == "keras" else
                 "sklearn", "seed": 42, "params_count": 1000 * (i + 1), "val_accuracy": history[-1]["val_accuracy"],
                 "val_loss": history[-1]["val_loss"], "train_accuracy": history[-1]["accuracy"],
-                "train_loss": history[-1]["loss"], "hyperparams": dict(spec.defaults),
+                "train_loss": history[-1]["loss"], "hyperparams": shipped_hyperparams(name),
                 "stand_in_for": spec.stand_in_for, "resumed_from_epoch": None}
         (mdir / "train.json").write_text(json.dumps(meta))
         metrics, probs = ev.evaluate_model(name, mdir, xt, yt, batch_size=128, latency_calls=2, warmup_calls=1)
@@ -83,7 +83,7 @@ def build_workspace(root: Path, small_split, names: list[str]) -> dict[str, Path
 
 @pytest.fixture(scope="module")
 def workspace(small_split, tmp_path_factory):
-    names = configured_models()
+    names = registry.names()  # every registered model, including those params.yaml leaves opt-in
     root = tmp_path_factory.mktemp("publish")
     paths = build_workspace(root, small_split, names)
     summary = run_publish(paths, names)
@@ -256,3 +256,12 @@ def test_note_spans_collapse_a_single_value():
 
     assert _span([90.35]) == "90.35"
     assert _span([90.35, 91.72, 90.81]) == "90.35–91.72"
+
+
+def test_models_left_out_of_train_models_still_show_their_published_claims():
+    table = publish.table_not_trained(["cnn-dropout-1", "svc"])
+    by_name = {row[0]: row for row in table.rows}
+    assert set(by_name) == set(registry.names()) - {"cnn-dropout-1", "svc"}
+    assert by_name["paper-b-cnn-dropout"][2] == "92.56" and by_name["cnn-simple"][4] == "110,968"
+    assert "train.models" in table.caption
+    assert publish.table_not_trained(registry.names()) is None

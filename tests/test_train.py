@@ -13,7 +13,7 @@ import pytest
 from pipeline import io, train
 from pipeline.errors import PipelineError
 from pipeline.models import registry
-from tests.conftest import run_cli
+from tests.conftest import run_cli, shipped_hyperparams
 
 KERAS_MODELS = [n for n in registry.names() if registry.get(n).family == "keras"]
 SKLEARN_MODELS = [n for n in registry.names() if registry.get(n).family == "sklearn"]
@@ -43,7 +43,8 @@ def split_dir(small_split, tmp_path_factory) -> Path:
 
 
 def params_for(name: str, **overrides) -> dict:
-    return {"train": {"models": [name], "seed": 0}, "models": {name: {**TINY[name], **overrides}}}
+    return {"train": {"models": [name], "seed": 0},
+            "models": {name: {**shipped_hyperparams(name), **TINY[name], **overrides}}}
 
 
 def check_contract(out: Path, name: str, epochs: int) -> dict:
@@ -200,3 +201,11 @@ def test_cli(split_dir, tmp_path):
     assert plot.read_bytes() == (out / "history.csv").read_bytes()
     bad = run_cli("train", "--params", str(params), "--model", "nope", "--data", str(split_dir), "--out", str(out))
     assert bad.returncode != 0 and "valid model names" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_model_without_params_entry_is_a_clear_error(split_dir, tmp_path):
+    params = {"train": {"models": ["gaussian-nb"], "seed": 0}, "models": {}}
+    with pytest.raises(PipelineError, match=r"models\.gaussian-nb") as err:
+        train.run("gaussian-nb", split_dir, tmp_path / "models" / "gaussian-nb", params)
+    assert "priors" in err.value.hint
+    assert not (tmp_path / "models").exists()
