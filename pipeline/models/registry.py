@@ -193,7 +193,7 @@ _SPECS: list[ModelSpec] = [
     ModelSpec(
         "cnn-ours", "keras", OURS,
         "3 x (conv3x3-BN-ReLU -> maxpool -> dropout) with 32/64/128 filters, dense 128 + BN + dropout, softmax; "
-        "in-model horizontal flip + small shifts; AdamW with cosine-decayed learning rate; label smoothing",
+        "in-model horizontal flips (optional shifts); AdamW with cosine-decayed learning rate",
         {"target_accuracy": 93.5, "accuracy_kind": "our target test accuracy (not a published number)"},
         _keras("ours"), _OURS_KEYS,
     ),
