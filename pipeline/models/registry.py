@@ -351,8 +351,16 @@ def load_predictor(model_dir: str | Path, batch_size: int = 1024) -> Callable[[n
     if keras_path.exists():
         model = load_keras(keras_path)
 
+        import keras
+
         def predict_keras(x: np.ndarray) -> np.ndarray:
-            probs = model.predict(preprocess("keras", x), batch_size=batch_size, verbose=0)
+            xs = preprocess("keras", x)
+            if len(xs) < batch_size:
+                # One direct call: model.predict() builds a data pipeline per call (~100 ms fixed cost),
+                # which would swamp a batch-1 latency measurement. Same weights, inference mode.
+                probs = keras.ops.convert_to_numpy(model(xs, training=False))
+            else:
+                probs = model.predict(xs, batch_size=batch_size, verbose=0)
             return np.asarray(probs, dtype=np.float32)
         return predict_keras
 
