@@ -552,9 +552,8 @@ def table_not_trained(names: Sequence[str]) -> Table | None:
         if name in names:
             continue
         spec = registry.get(name)
-        claim = spec.published.get("accuracy")
-        rows.append([name, spec.source, _pct(claim) if claim is not None else "-",
-                     str(spec.published.get("accuracy_kind", "-")), _int(spec.published.get("params"))])
+        rows.append([name, spec.source, _pct(spec.published.get("accuracy")),
+                     str(spec.published.get("accuracy_kind", "—")), _int(spec.published.get("params"))])
     if not rows:
         return None
     return Table("not_trained", "Registered models not trained in this run",

@@ -48,7 +48,6 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline import io
-from pipeline.errors import PipelineError
 from pipeline.models import registry
 from pipeline.models.registry import ModelSpec, preprocess
 from pipeline.schema import N_CLASSES
@@ -311,11 +310,7 @@ def run(name: str, data: Path, out: Path, params: dict[str, Any], *, callbacks: 
 
     spec = registry.get(name)
     tp = build(TrainParams, params.get("train", {}), "train")
-    configured = params.get("models") or {}
-    if name not in configured:
-        raise PipelineError(f"params.yaml: no hyperparameters for model `{name}` (section `models.{name}`)",
-                            hint=f"add `models: {{{name}: ...}}` with: {', '.join(spec.hyperparameters)}")
-    hyperparams = configured[name]
+    hyperparams = (params.get("models") or {}).get(name)  # checked (absent, missing/unknown keys) by the spec
     train, val = io.load_arrays(data / "train.npz"), io.load_arrays(data / "val.npz")
     ckpt = checkpoint_dir_for(out) if spec.family == "keras" else None
     model, rows, meta = train_model(

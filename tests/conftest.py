@@ -6,6 +6,8 @@ install. Slices are small so the whole suite stays fast on 2 cores.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -17,19 +19,25 @@ import pytest
 import yaml
 
 from pipeline.data.fetch import load_idx_dir, to_kaggle_table, write_kaggle_csv
+from pipeline.params import load_params
 from pipeline.schema import CSV_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def shipped_hyperparams(name: str) -> dict:
-    """The shipped params.yaml `models.<name>`: the only home of each model's hyperparameter values."""
-    return dict(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["models"][name])
 DEBIAN_IDX_DIR = Path(os.environ.get("FMNIST_IDX_DIR", "/usr/share/datasets/fashion-mnist"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@functools.cache
+def shipped_params() -> dict:
+    return load_params(REPO / "params.yaml")
+
+
+def shipped_hyperparams(name: str) -> dict:
+    """The shipped params.yaml `models.<name>` (a fresh copy): the only home of each model's hyperparameters."""
+    return copy.deepcopy(shipped_params()["models"][name])
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,13 @@ from pipeline import io, publish
 from pipeline.data.split import class_counts
 from pipeline.errors import PipelineError
 from pipeline.models import registry
-from tests.conftest import REPO, run_cli, shipped_hyperparams
+from tests.conftest import REPO, run_cli, shipped_hyperparams, shipped_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def configured_models() -> list[str]:
-    return yaml.safe_load((REPO / "params.yaml").read_text())["train"]["models"]
+    return shipped_params()["train"]["models"]
 
 
 def _history(name: str, family: str, epochs: int, seed: int) -> list[dict]:

@@ -2,8 +2,8 @@
 same code runs with KERAS_BACKEND=tensorflow, jax or torch.
 
 Every builder takes the model's hyperparameters (params.yaml `models.<name>`, their only home; the
-registry lists which keys each builder reads) and `steps_per_epoch` (for learning-rate schedules), and returns a COMPILED model
-whose input is a float32 (N, 28, 28, 1) image scaled to [0, 1] and whose loss is categorical
+registry lists which keys each builder reads) and `steps_per_epoch` (for learning-rate schedules),
+and returns a COMPILED model whose input is a float32 (N, 28, 28, 1) image scaled to [0, 1] and whose loss is categorical
 cross-entropy on ONE-HOT labels (paper B says so; paper A follows the Keras mnist_cnn lineage,
 which does the same). The final softmax is float32 so mixed precision stays numerically safe.
 
@@ -166,8 +166,8 @@ def ours(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -
     if hp["augment"]:
         # Clothing is left/right symmetric but never upside down: horizontal flips and small shifts only.
         stack.append(layers.RandomFlip("horizontal"))
-        if float(hp["shift"]) > 0:
-            shift = float(hp["shift"])
+        shift = float(hp["shift"])
+        if shift > 0:
             stack.append(layers.RandomTranslation(shift, shift, fill_mode="constant", fill_value=0.0))
     for filters, drop in zip(hp["filters"], hp["dropout_conv"], strict=True):
         stack += conv_bn(filters) + [layers.MaxPooling2D(2), layers.Dropout(drop)]

@@ -47,8 +47,11 @@ class ModelSpec:
     stand_in_for: str | None = None     # set when the default estimator replaces the published one
 
     def hyperparams(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
-        """params.yaml `models.<name>`, checked: exactly the keys this model's builder reads."""
-        values = dict(values or {})
+        """params.yaml `models.<name>` (None: absent), checked: exactly the keys this model's builder reads."""
+        if values is None:
+            raise PipelineError(f"params.yaml: no hyperparameters for model `{self.name}` (`models.{self.name}`)",
+                                hint=f"add `models: {{{self.name}: ...}}` with: {', '.join(self.hyperparameters)}")
+        values = dict(values)
         unknown = sorted(set(values) - set(self.hyperparameters))
         if unknown:
             raise PipelineError(
