@@ -543,6 +543,27 @@ def records_csv(records: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------ stage core
+def _hp_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "/".join(_hp_value(v) for v in value)
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def table_hyperparameters(results: Sequence[ModelResult]) -> Table:
+    """The hyperparameters each model was ACTUALLY trained with (its train.json, from params.yaml at train time):
+    the registry's descriptions name structure only, so this table is where a changed params.yaml shows."""
+    rows = []
+    for r in results:
+        hp = r.train_meta.get("hyperparams") or {}
+        rows.append([r.name, ", ".join(f"{k}={_hp_value(v)}" for k, v in sorted(hp.items())) or "—",
+                     str(r.train_meta.get("seed", "—"))])
+    return Table("hyperparameters", "Hyperparameters used in this run", ["model", "hyperparameters", "seed"], rows,
+                 caption="As recorded by the train stage from params.yaml `models.<name>`; the model descriptions "
+                         "give the structure only.")
+
+
 def table_not_trained(names: Sequence[str]) -> Table | None:
     """Registered models left out of train.models: their published claims, so the gap stays visible."""
     from pipeline.models import registry
@@ -587,6 +608,7 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
                            table_paper_b_dropout(results)) if t is not None]
     if mc:
         tables.append(table_mcnemar(mc, alpha))
+    tables.append(table_hyperparameters(results))
     left_out = table_not_trained(names)
     if left_out is not None:
         tables.append(left_out)

@@ -265,3 +265,33 @@ def test_models_left_out_of_train_models_still_show_their_published_claims():
     assert by_name["paper-b-cnn-dropout"][2] == "92.56" and by_name["cnn-simple"][4] == "110,968"
     assert "train.models" in table.caption
     assert publish.table_not_trained(registry.names()) is None
+
+
+def test_hyperparameters_table_shows_what_training_recorded(workspace):
+    md = (workspace["paths"]["out"] / "comparison.md").read_text()
+    assert "Hyperparameters used in this run" in md
+    svc_row = next(line for line in md.splitlines() if line.startswith("| svc "))
+    assert "C=10" in svc_row and "kernel=rbf" in svc_row
+    # A value changed in params.yaml (recorded in train.json) is what the table shows, not a registry default.
+    results = publish.load_results(["svc"], workspace["paths"]["metrics"], workspace["paths"]["models"])
+    results[0].train_meta["hyperparams"] = {**results[0].train_meta["hyperparams"], "C": 2.5}
+    table = publish.table_hyperparameters(results)
+    assert "C=2.5" in table.rows[0][1] and "C=10" not in table.rows[0][1]
+
+
+def test_model_descriptions_carry_no_hyperparameter_values():
+    # params.yaml is the only home of hyperparameter values; a description quoting one ("dropout 0.5",
+    # "C=10", "dense 128") would go stale the day a user changes params.yaml.
+    def numbers(value):
+        if isinstance(value, (list, tuple)):
+            return [n for v in value for n in numbers(v)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
+            return [value]
+        return []
+
+    for name in registry.names():
+        description = registry.get(name).description
+        for key, value in shipped_hyperparams(name).items():
+            for number in numbers(value):
+                for text in {str(number), format(number, "g")}:
+                    assert not re.search(rf"(?<![\w.]){re.escape(text)}(?![\w.])", description), (name, key, text)

@@ -38,7 +38,7 @@ class ModelSpec:
     name: str
     family: str                         # "keras" | "sklearn"
     source: str                         # PAPER_A | PAPER_B | BENCHMARK | OURS
-    description: str
+    description: str                    # structure only: hyperparameter VALUES live in params.yaml
     published: Mapping[str, Any]        # paper numbers, with what kind of number each is
     builder: Callable[..., Any] = field(repr=False)
     # The hyperparameter NAMES the builder reads. Their VALUES live only in params.yaml `models.<name>`
@@ -141,7 +141,7 @@ _SPECS: list[ModelSpec] = [
     # ---------------------------------------------------------------- paper A
     ModelSpec(
         "cnn-dropout-1", "keras", PAPER_A,
-        "2 x (conv3x3 32/64 'same' -> maxpool2 -> dropout 0.5), dense 128, dense 64, softmax; Adadelta lr 1.0 "
+        "2 x (conv3x3 'same' -> maxpool2 -> dropout), dense, dense, softmax; Adadelta "
         "(widths are our conventional reconstruction: the paper's figure is not in the text)",
         _paper_a(98.69, 44426, "published trainable parameters (paper A section 5.1)",
                  (0.21, 0.26, 91.87, 90.35), (0.13, 0.04, 96.47, 98.69)),
@@ -149,23 +149,23 @@ _SPECS: list[ModelSpec] = [
     ),
     ModelSpec(
         "cnn-dropout-2", "keras", PAPER_A,
-        "2 x (conv3x3 -> conv3x3 -> maxpool2 -> dropout 0.5) with 32/64 filters 'same', dense 128, dense 64, "
-        "softmax; Adadelta lr 1.0 (conventional reconstruction)",
+        "2 x (conv3x3 -> conv3x3 'same' -> maxpool2 -> dropout), dense, dense, softmax; Adadelta "
+        "(conventional reconstruction)",
         _paper_a(99.08, 32340, "'about 32340' trainable parameters (paper A section 5.2)",
                  (0.19, 0.25, 92.59, 90.81), (0.08, 0.03, 97.51, 99.08)),
         _keras("paper_a_dropout_2"), _PAPER_A_DROPOUT_KEYS,
     ),
     ModelSpec(
         "cnn-dropout-3", "keras", PAPER_A,
-        "as cnn-dropout-1 with considerably lower dropout (0.1); Adadelta lr 1.0 (conventional reconstruction)",
+        "as cnn-dropout-1 with considerably lower dropout; Adadelta (conventional reconstruction)",
         _paper_a(99.10, 44426, "published trainable parameters (paper A section 5.1)",
                  (0.14, 0.25, 94.53, 90.86), (0.06, 0.02, 98.06, 99.10)),
         _keras("paper_a_dropout"), _PAPER_A_DROPOUT_KEYS,
     ),
     ModelSpec(
         "cnn-simple", "keras", PAPER_A,
-        "conv3x3 32 -> conv3x3 64 ('same') -> ONE maxpool2 (14x14x64 to the dense layer) -> dropout 0.25 -> "
-        "dense 128 -> dropout 0.5 -> softmax; Adadelta lr 1.0 (Keras mnist_cnn lineage)",
+        "conv3x3 -> conv3x3 ('same') -> ONE maxpool2 (14x14 to the dense layer) -> dropout -> "
+        "dense -> dropout -> softmax; Adadelta (Keras mnist_cnn lineage)",
         _paper_a(99.05, 110968, "published trainable parameters (paper A section 5.3)",
                  (0.04, 0.26, 98.91, 91.72), (0.03, 0.02, 98.95, 99.05)),
         _keras("paper_a_simple"), _PAPER_A_SIMPLE_KEYS,
@@ -173,7 +173,7 @@ _SPECS: list[ModelSpec] = [
     # ---------------------------------------------------------------- paper B
     ModelSpec(
         "paper-b-cnn", "keras", PAPER_B,
-        "conv32-pool-conv64-pool-conv128-pool (3x3 'valid', 2x2 pools), flatten, dense 128, softmax; Adam, "
+        "3 x (conv3x3 -> 2x2 maxpool), widening filters, flatten, dense, softmax; Adam, "
         "categorical cross-entropy on one-hot labels; no dropout (the overfitting model)",
         {"train_accuracy": 99.5, "accuracy": 91.5,
          "accuracy_kind": "validation accuracy, 'about' (paper B III.D; 48k/12k split; model without dropout)",
@@ -182,7 +182,7 @@ _SPECS: list[ModelSpec] = [
     ),
     ModelSpec(
         "paper-b-cnn-dropout", "keras", PAPER_B,
-        "paper-b-cnn with dropout after each conv block (0.25) and after the dense layer (0.5)",
+        "paper-b-cnn with dropout after each conv block and after the dense layer",
         {"accuracy": 92.56, "accuracy_kind": "test accuracy on the official 10k test set (paper B Table 2)",
          "correct": 9256, "incorrect": 744, "train_accuracy": 92.0, "val_accuracy": 93.0,
          "train_val_note": "'about 92 and 93 percent' (paper B III.D)",
@@ -195,58 +195,57 @@ _SPECS: list[ModelSpec] = [
     # ---------------------------------------------------------------- ours
     ModelSpec(
         "cnn-ours", "keras", OURS,
-        "3 x (conv3x3-BN-ReLU -> maxpool -> dropout) with 32/64/128 filters, dense 128 + BN + dropout, softmax; "
+        "3 x (conv3x3-BN-ReLU -> maxpool -> dropout), dense + BN + dropout, softmax; "
         "in-model horizontal flips (optional shifts); AdamW with cosine-decayed learning rate",
         {"target_accuracy": 93.5, "accuracy_kind": "our target test accuracy (not a published number)"},
         _keras("ours"), _OURS_KEYS,
     ),
     # ---------------------------------------------------------------- benchmark baselines
-    ModelSpec("svc", "sklearn", BENCHMARK, "SVC(C=10, kernel='rbf'), StandardScaler",
+    ModelSpec("svc", "sklearn", BENCHMARK, "SVC, StandardScaler",
               _benchmark(89.7, "SVC(C=10, kernel='rbf')"), _sk("svc"),
               ("C", "kernel", "cache_size", *_SK)),
     ModelSpec("gradient-boosting", "sklearn", BENCHMARK,
-              "HistGradientBoostingClassifier(max_iter=100, max_depth=10) as a fast STAND-IN for "
-              "GradientBoostingClassifier(n_estimators=100, max_depth=10) (~2-2.5 h; params.yaml "
-              "train.exact_gradient_boosting: true uses the exact one)",
+              "HistGradientBoostingClassifier as a fast STAND-IN for GradientBoostingClassifier (~2-2.5 h; "
+              "params.yaml train.exact_gradient_boosting: true uses the exact one)",
               _benchmark(88.0, "GradientBoostingClassifier(loss='deviance', n_estimators=100, max_depth=10)"),
               _sk("gradient_boosting"),
               ("n_estimators", "max_depth", *_SK),
               stand_in_for="GradientBoostingClassifier(loss='log_loss', n_estimators=100, max_depth=10)"),
     ModelSpec("random-forest", "sklearn", BENCHMARK,
-              "RandomForestClassifier(criterion='entropy', max_depth=100, n_estimators=100)",
+              "RandomForestClassifier",
               _benchmark(87.3, "RandomForestClassifier(criterion='entropy', max_depth=100, n_estimators=100)"),
               _sk("random_forest"),
               ("criterion", "max_depth", "n_estimators", "n_jobs", *_SK)),
-    ModelSpec("mlp", "sklearn", BENCHMARK, "MLPClassifier(activation='relu', hidden_layer_sizes=(100,))",
+    ModelSpec("mlp", "sklearn", BENCHMARK, "MLPClassifier",
               _benchmark(87.0, "MLPClassifier(activation='relu', hidden_layer_sizes=(100,))"), _sk("mlp"),
               ("activation", "hidden_layer_sizes", "max_iter", *_SK)),
-    ModelSpec("knn", "sklearn", BENCHMARK, "KNeighborsClassifier(n_neighbors=5, p=1, weights='distance')",
+    ModelSpec("knn", "sklearn", BENCHMARK, "KNeighborsClassifier",
               _benchmark(85.4, "KNeighborsClassifier(n_neighbors=5, p=1, weights='distance')"), _sk("knn"),
               ("n_neighbors", "p", "weights", "n_jobs", *_SK)),
     ModelSpec("logistic-regression", "sklearn", BENCHMARK,
-              "LogisticRegression(C=1, penalty='l1', multi_class='ovr') ported as "
-              "OneVsRestClassifier(LogisticRegression(C=1, l1_ratio=1.0, solver='liblinear'))",
+              "LogisticRegression(penalty='l1', multi_class='ovr') ported as "
+              "OneVsRestClassifier(LogisticRegression(l1_ratio=1.0))",
               _benchmark(84.2, "LogisticRegression(C=1, penalty='l1', multi_class='ovr')"),
               _sk("logistic_regression"),
               ("C", "l1_ratio", "solver", "max_iter", "n_jobs", *_SK)),
-    ModelSpec("linear-svc", "sklearn", BENCHMARK, "LinearSVC(loss='hinge', penalty='l2', C=1)",
+    ModelSpec("linear-svc", "sklearn", BENCHMARK, "LinearSVC",
               _benchmark(83.6, "LinearSVC(C=1, loss='hinge', penalty='l2', multi_class='ovr')"), _sk("linear_svc"),
               ("C", "loss", "penalty", "max_iter", *_SK)),
-    ModelSpec("sgd", "sklearn", BENCHMARK, "SGDClassifier(loss='hinge', penalty='l2')",
+    ModelSpec("sgd", "sklearn", BENCHMARK, "SGDClassifier",
               _benchmark(81.9, "SGDClassifier(loss='hinge', penalty='l2')"), _sk("sgd"),
               ("loss", "penalty", "max_iter", "n_jobs", *_SK)),
-    ModelSpec("decision-tree", "sklearn", BENCHMARK, "DecisionTreeClassifier(criterion='entropy', max_depth=10)",
+    ModelSpec("decision-tree", "sklearn", BENCHMARK, "DecisionTreeClassifier",
               _benchmark(79.8, "DecisionTreeClassifier(criterion='entropy', max_depth=10, splitter='best')"),
               _sk("decision_tree"), ("criterion", "max_depth", *_SK)),
-    ModelSpec("perceptron", "sklearn", BENCHMARK, "Perceptron(penalty='l1')",
+    ModelSpec("perceptron", "sklearn", BENCHMARK, "Perceptron",
               _benchmark(78.2, "Perceptron(penalty='l1')"), _sk("perceptron"),
               ("penalty", "max_iter", "n_jobs", *_SK)),
     ModelSpec("passive-aggressive", "sklearn", BENCHMARK,
-              "PassiveAggressiveClassifier(C=1) via its documented scikit-learn 1.8+ equivalent "
+              "PassiveAggressiveClassifier via its documented scikit-learn 1.8+ equivalent "
               "SGDClassifier(loss='hinge', penalty=None, learning_rate='pa1', eta0=C)",
               _benchmark(77.6, "PassiveAggressiveClassifier(C=1)"), _sk("passive_aggressive"),
               ("C", "max_iter", "n_jobs", *_SK)),
-    ModelSpec("extra-tree", "sklearn", BENCHMARK, "ExtraTreeClassifier(criterion='gini', max_depth=10) (one tree)",
+    ModelSpec("extra-tree", "sklearn", BENCHMARK, "ExtraTreeClassifier (one tree)",
               _benchmark(77.5, "ExtraTreeClassifier(criterion='gini', max_depth=10, splitter='best')"),
               _sk("extra_tree"), ("criterion", "max_depth", *_SK)),
     ModelSpec("gaussian-nb", "sklearn", BENCHMARK, "GaussianNB (uniform priors, as in the benchmark grid)",
