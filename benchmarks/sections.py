@@ -337,14 +337,15 @@ def inference(workspace: Path, repeats: int, latency_calls: int = 50, batch_size
             thr[label].append(throughput(timings, batch_size))
     s.rows = [
         Row("batch-1 latency (median)", median(lat["ours"]), median(lat["direct"]), "ms", "lower",
-            "load_predictor (model.predict)", "model(x) direct call"),
+            "load_predictor", "model(x) direct call"),
         Row(f"batch-{batch_size} throughput", median(thr["ours"]), median(thr["direct"]), "img/s", "higher",
-            "load_predictor (model.predict)", "model(x) direct call"),
+            "load_predictor", "model(x) direct call"),
     ]
     s.raw = {"model": name, "model_dir": str(model_dir), "accuracy_used_to_pick": acc, "test_data": source,
              "latency_ms": lat, "throughput_img_s": thr}
     s.notes.append(f"Best CNN by test (else validation) accuracy: {name} ({acc:.4f}). ours = the predictor the "
-                   "evaluate stage times (registry.load_predictor: Keras safe_mode load, model.predict); "
+                   "evaluate stage times (registry.load_predictor: Keras safe_mode load; a direct inference call below "
+                   "the batch size, model.predict at or above it); "
                    f"alternative = calling the same model directly. {latency_calls} timed batch-1 calls after 5 "
                    f"warm-up calls; throughput over the 10k test set at batch {batch_size}, first batch excluded.")
     return s

@@ -1,7 +1,9 @@
 """The pipeline flow: one Prefect task per DVC stage (read from dvc.yaml), run in dependency order via DVC.
 
 Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC decides what is cached;
-a stage DVC skips ends in a Completed state named "Cached". DVC calls are serialised: tasks run one
+a stage DVC skips ends in a Completed state named "Cached". One `dvc status` call up front spares the
+per-stage DVC call (about 1.3 s each, 39 stages) for stages DVC already reports up to date and whose
+upstream stages did not run: a no-op flow run costs one DVC call, not one per stage. DVC calls are serialised: tasks run one
 after another in topological order, under a process-wide lock and a workspace lock file (DVC cannot
 run two stages in one checkout). Transient failures are retried; a data-validation failure (a stage
 exiting with ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and
@@ -11,6 +13,7 @@ Not about when to run: see flows.watcher and flows.deployments.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -111,6 +114,24 @@ def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) ->
     return returncode, status, lines
 
 
+def stale_stages(workspace: Path) -> set[str] | None:
+    """Stages `dvc status` reports as changed (deps, params, code or outputs differ from dvc.lock).
+
+    None when DVC cannot tell (non-zero exit, unparsable output): every stage then goes through
+    `dvc repro`, which is always correct, only slower.
+    """
+    with _DVC_LOCK:
+        proc = subprocess.run([dvc_executable(), "status", "--json"], cwd=workspace, env=dvc_env(workspace),
+                              capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        return None
+    try:
+        report = json.loads(proc.stdout.strip() or "{}")
+    except json.JSONDecodeError:
+        return None
+    return {name.rsplit(":", 1)[-1] for name in report} if isinstance(report, dict) else None
+
+
 def is_validation_failure(returncode: int, lines: list[str]) -> bool:
     """DVC exits non-zero and reports the stage command's exit code as `exited with 3`."""
     if returncode == 0:
@@ -140,9 +161,18 @@ def _retry_unless_validation(task, task_run, state) -> bool:
 
 
 @task(name="dvc-stage", retry_condition_fn=_retry_unless_validation, persist_result=False)
-def run_stage(workspace: str, stage: str, force: bool = False):
-    """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error."""
+def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool = False):
+    """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error.
+
+    up_to_date: `dvc status` found this stage and all its upstream stages unchanged at the start of
+    the run; the `dvc repro` call (which would skip it) is then spared.
+    """
     log = get_run_logger()
+    if up_to_date and not force:
+        outcome = StageOutcome(stage=stage, status="cached", duration_s=0.0)
+        log.info("stage '%s' is up to date (dvc status): skipped", stage)
+        return Completed(name="Cached", message=f"dvc status: stage '{stage}' is up to date, skipped",
+                         data=asdict(outcome))
     started = time.monotonic()
     returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force)
     duration = round(time.monotonic() - started, 2)
@@ -251,6 +281,10 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
     failure: BaseException | None = None
     (ws / STATE_DIR).mkdir(exist_ok=True)
     with workspace_lock(ws, f"{STATE_DIR}/run.lock"):
+        stale = None if force else stale_stages(ws)
+        if stale is not None:
+            log.info("dvc status: %d stage(s) changed%s", len(stale), f": {', '.join(sorted(stale))}" if stale else "")
+        ran: set[str] = set()        # stages DVC actually executed in this run: their outputs may have changed
         for stage in stages:
             if blocked.intersection(stage.upstream):
                 blocked.add(stage.name)
@@ -259,9 +293,13 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
                 continue
             runner = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
                                             retries=retries, retry_delay_seconds=retry_delay_s)
-            task_state = runner(str(ws), stage.name, force=force, return_state=True)
+            up_to_date = stale is not None and stage.name not in stale and not ran.intersection(stage.upstream)
+            task_state = runner(str(ws), stage.name, force=force, up_to_date=up_to_date, return_state=True)
             if task_state.is_completed():
-                outcomes.append(task_state.result())
+                outcome = task_state.result()
+                outcomes.append(outcome)
+                if outcome.get("status") == "ran":
+                    ran.add(stage.name)
                 continue
             blocked.add(stage.name)
             try:

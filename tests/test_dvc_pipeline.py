@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 import time
@@ -55,3 +56,45 @@ def test_changing_one_param_reruns_only_dependent_stages(workspace):
     assert proc.returncode == 0, proc.stderr
     assert _ran(proc.stdout) == {"split"}
     assert hashlib.sha256((workspace / "data/interim/train.parquet").read_bytes()).hexdigest() == before
+
+
+# ------------------------------------------------------------------ models: train@ / evaluate@ / publish
+MODELS = ["gaussian-nb", "decision-tree"]   # the two fastest registered models: the DAG, not the models, is tested
+
+
+@pytest.fixture(scope="module")
+def model_workspace(tmp_path_factory, fmnist):
+    ws = make_workspace(tmp_path_factory.mktemp("models-ws"), fmnist, train_rows=1000, test_rows=300,
+                        params_overrides={"train.models": MODELS, "evaluate.latency_calls": 3,
+                                          "evaluate.warmup_calls": 1, "publish.dpi": 50,
+                                          "publish.sample_images": 4})
+    proc = run_dvc("repro", "publish", cwd=ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _ran(proc.stdout) >= {f"{stage}@{m}" for stage in ("train", "evaluate") for m in MODELS} | {"publish"}
+    return ws
+
+
+def _hyperparameter_row(workspace, model: str) -> str:
+    md = (workspace / "reports" / "comparison.md").read_text()
+    section = md[md.index("Hyperparameters used in this run"):]
+    return next(line for line in section.splitlines() if line.startswith(f"| {model} "))
+
+
+def test_changing_one_models_params_reruns_only_that_model_and_updates_the_tables(model_workspace):
+    ws = model_workspace
+    untouched = {p: hashlib.sha256((ws / p).read_bytes()).hexdigest()
+                 for p in ("metrics/gaussian-nb.json", "models/gaussian-nb/train.json")}
+    assert "max_depth=10" in _hyperparameter_row(ws, "decision-tree")
+    params_path = ws / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["models"]["decision-tree"]["max_depth"] = 3
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    proc = run_dvc("repro", "publish", cwd=ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _ran(proc.stdout) == {"train@decision-tree", "evaluate@decision-tree", "publish"}
+    assert "max_depth=3" in _hyperparameter_row(ws, "decision-tree")
+    for path, digest in untouched.items():
+        assert hashlib.sha256((ws / path).read_bytes()).hexdigest() == digest, path
+    with open(ws / "reports" / "comparison.csv", newline="") as fh:
+        assert sorted(row["model"] for row in csv.DictReader(fh)) == sorted(MODELS)

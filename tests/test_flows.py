@@ -141,6 +141,39 @@ def test_second_run_reports_every_stage_cached(ran_workspace):
     assert {r.state.name for r in runs.values()} == {"Cached"}
 
 
+def test_no_op_run_makes_no_per_stage_dvc_call_and_a_change_reaches_only_its_stage(ran_workspace, monkeypatch):
+    import flows.pipeline_flow as pf
+
+    ws, _ = ran_workspace
+    calls: list[str] = []
+    real = pf.run_dvc_stage
+
+    def recording(workspace, stage, log=None, force=False):
+        calls.append(stage)
+        return real(workspace, stage, log=log, force=force)
+
+    monkeypatch.setattr(pf, "run_dvc_stage", recording)
+    state = pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True)
+    assert state.is_completed() and {o["status"] for o in state.result()} == {"cached"}
+    assert calls == [], "dvc status said everything is up to date: no stage needs its own dvc call"
+
+    params_path = ws / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["split"]["seed"] += 1
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        state = pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True)
+        assert state.is_completed()
+        assert calls == ["split"]
+        assert {o["stage"]: o["status"] for o in state.result()}["split"] == "ran"
+    finally:
+        params_path.write_text(original)
+        calls.clear()
+        assert pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True).is_completed()
+        assert calls == ["split"]
+
+
 def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
     ws, _ = ran_workspace
     source = ws / TRAIN_CSV
