@@ -3,9 +3,9 @@
 Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC decides what is cached;
 a stage DVC skips ends in a Completed state named "Cached". One `dvc status` call up front spares the
 per-stage DVC call (about 1.3 s each, 39 stages) for stages DVC already reports up to date and whose
-upstream stages did not run: a no-op flow run costs one DVC call, not one per stage. DVC calls are serialised: tasks run one
-after another in topological order, under a process-wide lock and a workspace lock file (DVC cannot
-run two stages in one checkout). Transient failures are retried; a data-validation failure (a stage
+upstream stages did not run: a no-op flow run costs one DVC call, not one per stage.
+DVC calls are serialised: tasks run one after another in topological order, under a process-wide
+lock and a workspace lock file (DVC cannot run two stages in one checkout). Transient failures are retried; a data-validation failure (a stage
 exiting with ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and
 the flow fails with the gate's reason. Artifacts: validation summary, model comparison, run summary.
 Not about when to run: see flows.watcher and flows.deployments.
@@ -168,7 +168,7 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
     the run; the `dvc repro` call (which would skip it) is then spared.
     """
     log = get_run_logger()
-    if up_to_date and not force:
+    if up_to_date:   # the flow never sets it under --force (no dvc status then)
         outcome = StageOutcome(stage=stage, status="cached", duration_s=0.0)
         log.info("stage '%s' is up to date (dvc status): skipped", stage)
         return Completed(name="Cached", message=f"dvc status: stage '{stage}' is up to date, skipped",

@@ -15,6 +15,10 @@ from tests.conftest import make_workspace, run_dvc
 DATA_STAGES = ["fetch", "ingest", "validate", "convert", "split"]
 
 
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _ran(stdout: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", stdout))
 
@@ -49,13 +53,13 @@ def test_second_repro_is_a_fast_no_op(workspace):
 def test_changing_one_param_reruns_only_dependent_stages(workspace):
     params_path = workspace / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    before = hashlib.sha256((workspace / "data/interim/train.parquet").read_bytes()).hexdigest()
+    before = _digest(workspace / "data/interim/train.parquet")
     params["split"]["seed"] = params["split"]["seed"] + 1
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_dvc("repro", "split", cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     assert _ran(proc.stdout) == {"split"}
-    assert hashlib.sha256((workspace / "data/interim/train.parquet").read_bytes()).hexdigest() == before
+    assert _digest(workspace / "data/interim/train.parquet") == before
 
 
 # ------------------------------------------------------------------ models: train@ / evaluate@ / publish
@@ -82,8 +86,7 @@ def _hyperparameter_row(workspace, model: str) -> str:
 
 def test_changing_one_models_params_reruns_only_that_model_and_updates_the_tables(model_workspace):
     ws = model_workspace
-    untouched = {p: hashlib.sha256((ws / p).read_bytes()).hexdigest()
-                 for p in ("metrics/gaussian-nb.json", "models/gaussian-nb/train.json")}
+    untouched = {p: _digest(ws / p) for p in ("metrics/gaussian-nb.json", "models/gaussian-nb/train.json")}
     assert "max_depth=10" in _hyperparameter_row(ws, "decision-tree")
     params_path = ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
@@ -95,6 +98,6 @@ def test_changing_one_models_params_reruns_only_that_model_and_updates_the_table
     assert _ran(proc.stdout) == {"train@decision-tree", "evaluate@decision-tree", "publish"}
     assert "max_depth=3" in _hyperparameter_row(ws, "decision-tree")
     for path, digest in untouched.items():
-        assert hashlib.sha256((ws / path).read_bytes()).hexdigest() == digest, path
+        assert _digest(ws / path) == digest, path
     with open(ws / "reports" / "comparison.csv", newline="") as fh:
         assert sorted(row["model"] for row in csv.DictReader(fh)) == sorted(MODELS)
