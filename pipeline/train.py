@@ -11,7 +11,10 @@ Artifact contract (evaluate/publish depend on it): models/<name>/ holds
 The directory is swapped in only when complete (pipeline.io.atomic_dir).
 
 Keras: `train_accuracy`/`train_loss` are the last epoch's running training metrics (dropout and
-augmentation active), as Keras reports them; val_* are measured on the held-out split.
+augmentation active), as Keras reports them; val_* are measured on the held-out split. A model
+with `test_time_flip: true` is evaluated by averaging each image's prediction with its mirror
+image's; its val_accuracy/val_loss are measured that way too, and the single-view figures (the
+last epoch's, as in history.csv) are kept as val_accuracy_single_view/val_loss_single_view.
 scikit-learn: train metrics are measured on a seeded subsample of `train_eval_samples` training
 rows (SVC/KNN predictions on all 48k would double their cost); val_loss is null for models
 without predict_proba.
@@ -203,6 +206,20 @@ def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_d
         "train_accuracy": last.get("accuracy"), "train_loss": last.get("loss"),
         "resumed_from_epoch": initial_epoch or None,
     }
+    if hp.get("test_time_flip"):
+        # Evaluation predicts with flip averaging (registry.load_predictor), so the validation figure
+        # reported beside the test figure must be measured the same way; the per-epoch history stays
+        # single-view (what Keras measured during fit) and is kept in train.json too.
+        from sklearn.metrics import log_loss
+        probs = registry.keras_probabilities(model, preprocess("keras", x_val), flip_average=True)
+        y_val = np.asarray(y_val, dtype=int)
+        meta.update({
+            "val_accuracy": float((probs.argmax(axis=1) == y_val).mean()),
+            "val_loss": float(log_loss(y_val, np.clip(probs, 1e-7, 1.0), labels=list(range(N_CLASSES)))),
+            "val_accuracy_single_view": last.get("val_accuracy"), "val_loss_single_view": last.get("val_loss"),
+        })
+        log(f"train [{spec.name}]: validation accuracy {meta['val_accuracy']:.4f} with test-time flip "
+            f"averaging ({last.get('val_accuracy') or float('nan'):.4f} single view)")
     return model, rows, meta
 
 
@@ -271,6 +288,7 @@ def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarra
         "train_time_s": meta["train_time_s"], "epochs": meta["epochs"], "device": meta["device"],
         "backend": meta["backend"], "seed": seed, "params_count": meta["params_count"],
         "val_accuracy": meta["val_accuracy"], "val_loss": meta["val_loss"],
+        **{k: meta[k] for k in ("val_accuracy_single_view", "val_loss_single_view") if k in meta},
         "train_accuracy": meta["train_accuracy"], "train_loss": meta["train_loss"],
         "hyperparams": hp, "stand_in_for": spec.effective_stand_in_for(exact_gradient_boosting),
         "resumed_from_epoch": meta["resumed_from_epoch"],

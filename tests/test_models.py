@@ -25,7 +25,7 @@ EXPECTED_PARAMS = {  # name -> (ours, published or None)
     "cnn-simple": (1_625_866, 110_968),
     "paper-b-cnn": (110_474, None),
     "paper-b-cnn-dropout": (110_474, None),
-    "cnn-ours": (241_898, None),
+    "cnn-ours": (688_842, None),
 }
 
 

@@ -61,7 +61,9 @@ def check_contract(out: Path, name: str, epochs: int) -> dict:
         assert tuple(reader.fieldnames) == train.HISTORY_COLUMNS
         rows = list(reader)
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
-    assert float(rows[-1]["val_accuracy"]) == pytest.approx(meta["val_accuracy"])
+    # With test-time flip averaging the headline val figure is the averaged one; history is single-view.
+    single_view = "val_accuracy_single_view" if meta["hyperparams"].get("test_time_flip") else "val_accuracy"
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(meta[single_view])
     return meta
 
 
@@ -85,6 +87,28 @@ def test_keras_model_trains_and_follows_contract(name, split_dir, small_split, t
     assert meta["val_loss"] < np.log(10) and meta["val_accuracy"] > 0.15  # learned something (chance: 0.10)
     assert not (tmp_path / "models" / ".ckpt").exists()  # checkpoint removed on success
     check_predictor(out, small_split, meta)
+
+
+def test_test_time_flip_averages_each_image_with_its_mirror(split_dir, small_split, tmp_path):
+    """cnn-ours' predictor (used on the test set) and its train.json val figure both average each image's
+    prediction with its mirror image's; switching the setting off gives the plain single-view prediction."""
+    out = tmp_path / "cnn-ours"
+    train.run("cnn-ours", split_dir, out, params_for("cnn-ours", test_time_flip=True), verbose=0)
+    meta = json.loads((out / "train.json").read_text())
+    xv, yv = small_split["val"]
+    xs = registry.preprocess("keras", xv)
+    model = registry.load_keras(out / registry.KERAS_FILE)
+    single = np.asarray(model.predict(xs, verbose=0))
+    mirror = np.asarray(model.predict(xs[:, :, ::-1], verbose=0))
+    assert not np.allclose(single, mirror, atol=1e-3)  # the flip really changes the input
+    averaged = (single + mirror) / 2
+    np.testing.assert_allclose(registry.load_predictor(out)(xv), averaged, atol=1e-5)
+    assert meta["val_accuracy"] == pytest.approx((averaged.argmax(1) == yv).mean())
+    assert meta["val_accuracy_single_view"] == pytest.approx((single.argmax(1) == yv).mean(), abs=1 / len(yv))
+
+    meta["hyperparams"]["test_time_flip"] = False
+    (out / "train.json").write_text(json.dumps(meta))
+    np.testing.assert_allclose(registry.load_predictor(out)(xv), single, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", SKLEARN_MODELS)
