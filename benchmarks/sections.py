@@ -324,8 +324,16 @@ def inference(workspace: Path, repeats: int, latency_calls: int = 50, batch_size
     ours = registry.load_predictor(model_dir, batch_size=batch_size)
     model = registry.load_keras(model_dir / registry.KERAS_FILE)
 
+    # Like for like: a model trained with test_time_flip is predicted on each image and its mirror image
+    # by load_predictor, so the direct alternative does the same two forward passes.
+    flip_average = bool(registry.read_train_meta(model_dir).get("hyperparams", {}).get("test_time_flip", False))
+
     def direct(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(model(registry.preprocess("keras", batch), training=False))
+        xs = registry.preprocess("keras", batch)
+        probs = np.asarray(model(xs, training=False))
+        if flip_average:
+            probs = (probs + np.asarray(model(xs[:, :, ::-1], training=False))) / 2
+        return probs
 
     lat: dict[str, list[float]] = {"ours": [], "direct": []}
     thr: dict[str, list[float]] = {"ours": [], "direct": []}
@@ -346,7 +354,9 @@ def inference(workspace: Path, repeats: int, latency_calls: int = 50, batch_size
     s.notes.append(f"Best CNN by test (else validation) accuracy: {name} ({acc:.4f}). ours = the predictor the "
                    "evaluate stage times (registry.load_predictor: Keras safe_mode load; a direct inference call below "
                    "the batch size, model.predict at or above it); "
-                   f"alternative = calling the same model directly. {latency_calls} timed batch-1 calls after 5 "
+                   f"alternative = calling the same model directly"
+                   f"{' (both average each image with its mirror image: test_time_flip)' if flip_average else ''}. "
+                   f"{latency_calls} timed batch-1 calls after 5 "
                    f"warm-up calls; throughput over the 10k test set at batch {batch_size}, first batch excluded.")
     return s
 
