@@ -210,12 +210,12 @@ def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_d
         # Evaluation predicts with flip averaging (registry.load_predictor), so the validation figure
         # reported beside the test figure must be measured the same way; the per-epoch history stays
         # single-view (what Keras measured during fit) and is kept in train.json too.
-        from sklearn.metrics import log_loss
+        from pipeline.evaluate import log_loss  # the same loss the evaluate stage reports for the test set
         probs = registry.keras_probabilities(model, preprocess("keras", x_val), flip_average=True)
         y_val = np.asarray(y_val, dtype=int)
         meta.update({
             "val_accuracy": float((probs.argmax(axis=1) == y_val).mean()),
-            "val_loss": float(log_loss(y_val, np.clip(probs, 1e-7, 1.0), labels=list(range(N_CLASSES)))),
+            "val_loss": log_loss(y_val, probs),
             "val_accuracy_single_view": last.get("val_accuracy"), "val_loss_single_view": last.get("val_loss"),
         })
         log(f"train [{spec.name}]: validation accuracy {meta['val_accuracy']:.4f} with test-time flip "
