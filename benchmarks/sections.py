@@ -326,14 +326,14 @@ def inference(workspace: Path, repeats: int, latency_calls: int = 50, batch_size
 
     # Like for like: a model trained with test_time_flip is predicted on each image and its mirror image
     # by load_predictor, so the direct alternative does the same two forward passes.
-    flip_average = bool(registry.read_train_meta(model_dir).get("hyperparams", {}).get("test_time_flip", False))
+    flip_average = registry.predicts_flip_averaged(model_dir)
+
+    def call(xs: np.ndarray) -> np.ndarray:
+        return np.asarray(model(xs, training=False))
 
     def direct(batch: np.ndarray) -> np.ndarray:
         xs = registry.preprocess("keras", batch)
-        probs = np.asarray(model(xs, training=False))
-        if flip_average:
-            probs = (probs + np.asarray(model(xs[:, :, ::-1], training=False))) / 2
-        return probs
+        return registry.mirror_averaged(call, xs) if flip_average else call(xs)
 
     lat: dict[str, list[float]] = {"ours": [], "direct": []}
     thr: dict[str, list[float]] = {"ours": [], "direct": []}

@@ -353,10 +353,21 @@ def keras_probabilities(model, xs: np.ndarray, *, batch_size: int = 1024,
             return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
         return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float32)
 
-    probs = once(xs)
-    if flip_average:
-        probs = (probs + once(np.ascontiguousarray(xs[:, :, ::-1]))) / 2.0
-    return probs
+    return mirror_averaged(once, xs) if flip_average else once(xs)
+
+
+def mirror_averaged(predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray) -> np.ndarray:
+    """Mean of predict(xs) and predict(xs mirrored left-right): test-time flip averaging (N,28,28,1)."""
+    return (predict(xs) + predict(np.ascontiguousarray(xs[:, :, ::-1]))) / 2.0
+
+
+def predicts_flip_averaged(model_dir: str | Path) -> bool:
+    """Whether this trained model is predicted with flip averaging (`test_time_flip` in its train.json).
+
+    train.json records what training used, so the artefact is predicted the way it was validated.
+    """
+    path = Path(model_dir) / "train.json"
+    return path.exists() and bool(read_train_meta(model_dir).get("hyperparams", {}).get("test_time_flip", False))
 
 
 def load_predictor(model_dir: str | Path, batch_size: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
@@ -375,10 +386,7 @@ def load_predictor(model_dir: str | Path, batch_size: int = 1024) -> Callable[[n
                             hint="run `python -m pipeline train --model NAME` first")
     if keras_path.exists():
         model = load_keras(keras_path)
-        meta_path = model_dir / "train.json"
-        # The artefact is predicted the way training validated it (train.json records the setting used).
-        hp = json.loads(meta_path.read_text(encoding="utf-8")).get("hyperparams", {}) if meta_path.exists() else {}
-        flip_average = bool(hp.get("test_time_flip", False))
+        flip_average = predicts_flip_averaged(model_dir)
 
         def predict_keras(x: np.ndarray) -> np.ndarray:
             return keras_probabilities(model, preprocess("keras", x), batch_size=batch_size,
