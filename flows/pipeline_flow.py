@@ -5,9 +5,10 @@ a stage DVC skips ends in a Completed state named "Cached". One `dvc status` cal
 per-stage DVC call (about 1.3 s each, 39 stages) for stages DVC already reports up to date and whose
 upstream stages did not run: a no-op flow run costs one DVC call, not one per stage.
 DVC calls are serialised: tasks run one after another in topological order, under a process-wide
-lock and a workspace lock file (DVC cannot run two stages in one checkout). Transient failures are retried; a data-validation failure (a stage
-exiting with ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and
-the flow fails with the gate's reason. Artifacts: validation summary, model comparison, run summary.
+lock and a workspace lock file (DVC cannot run two stages in one checkout). Transient failures are
+retried; a data-validation failure (a stage exiting with ValidationFailed's exit code, 3) is
+terminal: no retry, downstream stages are not run, and the flow fails with the gate's reason.
+Artifacts: validation summary, model comparison, run summary.
 Not about when to run: see flows.watcher and flows.deployments.
 """
 
