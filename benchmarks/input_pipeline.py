@@ -1,5 +1,5 @@
 """Images/s of our training input pipeline (tf.data: cache -> shuffle -> batch -> scale/one-hot ->
-prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one paper CNN,
+repeat -> prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one paper CNN,
 side by side in one run.
 
     python benchmarks/input_pipeline.py [--model paper-b-cnn] [--n 12000] [--repeats 3] [--data data/split]

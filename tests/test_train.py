@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +112,48 @@ def test_test_time_flip_averages_each_image_with_its_mirror(split_dir, small_spl
     meta["hyperparams"]["test_time_flip"] = False
     (out / "train.json").write_text(json.dumps(meta))
     np.testing.assert_allclose(registry.load_predictor(out)(xv), single, atol=1e-5)
+
+
+def test_tf_data_pipeline_shows_every_image_once_per_epoch_in_a_new_order(small_split):
+    """The training input is one endless iterator (repeat + steps_per_epoch): each `steps_per_epoch` batches
+    must still be exactly one pass over the training images, reshuffled every pass."""
+    if train.keras_backend() != "tensorflow":
+        pytest.skip("tf.data is used with the TensorFlow backend only")
+    x, y = small_split["train"]
+    fit_kw, kind = train._datasets(x, y, *small_split["val"], batch_size=64, seed=0, use_tf_data=True)
+    assert kind == "tf.data" and fit_kw["steps_per_epoch"] == 10  # 600 images: 9 batches of 64 and one of 24
+    batches = iter(fit_kw["x"])
+    passes = []
+    for _ in range(3):
+        xs, ys = zip(*(next(batches) for _ in range(fit_kw["steps_per_epoch"])))
+        images = np.rint(np.concatenate(xs)[..., 0] * 255).astype(np.uint8)
+        passes.append((images, np.concatenate(ys).argmax(1)))
+    rows = sorted(r.tobytes() + bytes([c]) for r, c in zip(x.reshape(len(x), -1), y))
+    for images, labels in passes:
+        assert len(images) == len(x)
+        assert sorted(r.tobytes() + bytes([c]) for r, c in zip(images.reshape(len(x), -1), labels)) == rows
+    assert not np.array_equal(passes[0][0], passes[1][0]) and not np.array_equal(passes[1][0], passes[2][0])
+
+
+def test_keras_training_is_bit_reproducible_on_one_machine(split_dir, tmp_path):
+    """The README promises it: same seed, data and machine -> identical weights (oneDNN kernels on)."""
+    weights = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "cnn-ours"
+        train.run("cnn-ours", split_dir, out, params_for("cnn-ours", epochs=2), verbose=0)
+        weights.append([np.asarray(w) for w in registry.load_keras(out / registry.KERAS_FILE).weights])
+    assert len(weights[0]) == len(weights[1])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_onednn_cpu_kernels_default_on_but_user_setting_wins():
+    code = "import os, pipeline; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "1"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
+                          capture_output=True, text=True, check=True).stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("name", SKLEARN_MODELS)
