@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("-n", "--repeats", type=int, default=3, help="repeats per figure; the median is reported (3)")
     p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers (default 1,2,3,4,5)")
-    p.add_argument("--end-to-end", action="store_true", help="also run section 6 (a full forced dvc repro, ~40 min for the "
-                   "default models on 2 cores)")
+    p.add_argument("--end-to-end", action="store_true", help="also run section 6 (a full forced dvc repro, "
+                   "~40 min for the default models on 2 cores)")
     p.add_argument("--no-force", dest="force", action="store_false",
                    help="section 6: do not force stages (cached stages are then skipped by DVC)")
     p.add_argument("--workspace", type=Path, default=Path.cwd(),

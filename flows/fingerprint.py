@@ -106,7 +106,8 @@ def fingerprint_url(base_url: str, timeout_s: float) -> dict[str, Any]:
                 raise PipelineError(
                     f"cannot fingerprint {url}: HEAD request failed ({reason})",
                     hint="this machine may be offline; the watcher needs the mirror to be reachable for a URL "
-                         "source. Offline, set fetch.source to a local directory (e.g. /usr/share/datasets/fashion-mnist)",
+                         "source. Offline, set fetch.source to a local directory "
+                         "(e.g. /usr/share/datasets/fashion-mnist)",
                 ) from None
             files[f"{stem}.gz"] = {k.lower(): headers.get(k) for k in ("ETag", "Last-Modified", "Content-Length")}
             if not any(files[f"{stem}.gz"].values()):

@@ -152,7 +152,8 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------ timing
-def predict_in_batches(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[tuple[int, float]]]:
+def predict_in_batches(predictor: Predictor, x: np.ndarray,
+                       batch_size: int) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Predict all of x in chunks; return probabilities and [(chunk size, seconds)] per chunk."""
     chunks, timings = [], []
     for start in range(0, len(x), batch_size):

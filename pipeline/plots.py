@@ -149,7 +149,8 @@ def class_distribution(counts: Mapping[str, Mapping[str, int]], path: Path, dpi:
     return _save(fig, path, dpi)
 
 
-def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int = 110, n_test: int | None = None) -> Path:
+def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int = 110,
+                        n_test: int | None = None) -> Path:
     """Horizontal bars of measured test accuracy (95% CI whiskers) with published claims marked.
 
     rows: dicts with model, accuracy, ci_low, ci_high (percent) and published, published_is_test (or None).

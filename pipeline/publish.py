@@ -396,7 +396,8 @@ def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict
             + f"The best results published on the official test set are about {BEST_PUBLISHED_TEST_ACCURACY:.1f}%; "
             f"paper A's {top_claim.published['accuracy']:.2f}% would exceed that by "
             f"{top_claim.published['accuracy'] - BEST_PUBLISHED_TEST_ACCURACY:.2f} pp with a "
-            f"{top_claim.published.get('params', 0):,}-parameter CNN trained for {top_claim.published.get('epochs', '?')} "
+            f"{top_claim.published.get('params', 0):,}-parameter CNN trained for "
+            f"{top_claim.published.get('epochs', '?')} "
             "epochs, which is not credible as a test-set accuracy."
             + _tf1_sentence(paper_a))
     test_claims = [r for r in results if "accuracy" in r.published
@@ -435,7 +436,8 @@ def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict
                      f"{r.stand_in_for}.")
     if mcnemar_rows:
         same = [f"{m['model_a']} vs {m['model_b']}" for m in mcnemar_rows if not m["significant"]]
-        lines.append(f"McNemar tests among the top {len({m['model_a'] for m in mcnemar_rows} | {m['model_b'] for m in mcnemar_rows})} "
+        n_top = len({m["model_a"] for m in mcnemar_rows} | {m["model_b"] for m in mcnemar_rows})
+        lines.append(f"McNemar tests among the top {n_top} "
                      f"models: {len(mcnemar_rows) - len(same)} of {len(mcnemar_rows)} pairs differ significantly"
                      + (f"; not distinguishable: {', '.join(same)}." if same else "."))
     lines.append(

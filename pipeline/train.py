@@ -26,14 +26,14 @@ on success. A resumed run is not bit-identical to an uninterrupted one (shuffle/
 restart), but it trains the remaining epochs with the restored weights, optimizer state and schedule.
 
 Determinism: keras.utils.set_random_seed(seed) seeds Python, NumPy and the backend; the tf.data
-shuffle is seeded. On CPU, repeated runs give the same result up to floating-point reduction
-order of multithreaded kernels (small run-to-run drift is possible); scikit-learn models are
-deterministic given random_state.
+shuffle is seeded. On CPU, repeated runs on the same machine and thread count give bit-identical
+weights (tested, with TensorFlow's oneDNN kernels on); other machines or GPUs may differ in the last
+bits. scikit-learn models are deterministic given random_state.
 
 Input pipeline: with the TensorFlow backend, tf.data (uint8 arrays -> cache -> seeded shuffle ->
-batch -> scale/one-hot -> repeat -> prefetch, one iterator for the whole fit); with any other backend, plain NumPy arrays. Model code never
-uses tf.*. A GPU is used automatically when the backend sees one; `train.mixed_precision: true`
-enables mixed_float16 there (ignored on CPU).
+batch -> scale/one-hot -> repeat -> prefetch, one iterator for the whole fit); with any other backend,
+plain NumPy arrays. Model code never uses tf.*. A GPU is used automatically when the backend sees one;
+`train.mixed_precision: true` enables mixed_float16 there (ignored on CPU).
 """
 
 from __future__ import annotations

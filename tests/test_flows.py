@@ -64,7 +64,8 @@ def artifacts(flow_run_id) -> dict[str, object]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        run_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        found = client.read_artifacts(artifact_filter=run_filter)
     return {a.key: a for a in found}
 
 
@@ -225,7 +226,8 @@ def test_watcher_runs_pipeline_only_when_source_changed(ran_workspace):
 
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(REPO))
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flows", "watch", "--once", "--workspace", str(ws), "--target", "fetch"],
+    proc = subprocess.run([sys.executable, "-m", "flows", "watch", "--once", "--workspace", str(ws),
+                           "--target", "fetch"],
                           cwd=ws, env=env, capture_output=True, text=True, timeout=120)
     print(f"watch --once in a new process: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stderr

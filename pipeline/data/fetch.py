@@ -82,7 +82,8 @@ def _read_idx_file(directory: Path, stem: str) -> bytes:
             try:
                 raw = gzip.decompress(candidate.read_bytes()) if candidate.suffix == ".gz" else candidate.read_bytes()
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                raise PipelineError(f"{candidate}: cannot decompress ({exc})", hint="re-download or reinstall the file") from None
+                raise PipelineError(f"{candidate}: cannot decompress ({exc})",
+                                    hint="re-download or reinstall the file") from None
             return raw
     raise PipelineError(
         f"{directory}: missing {stem}.gz",

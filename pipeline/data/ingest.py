@@ -31,7 +31,8 @@ def check_header(path: Path) -> list[str]:
     with open(path, "rb") as fh:
         first = fh.readline()
     if not first:
-        raise PipelineError(f"{path}: file is empty", hint="re-export the CSV; expected a header `label,pixel1,...,pixel784` and rows")
+        raise PipelineError(f"{path}: file is empty",
+                            hint="re-export the CSV; expected a header `label,pixel1,...,pixel784` and rows")
     if first.startswith(BOM):
         raise PipelineError(
             f"{path}: line 1 starts with a UTF-8 byte-order mark (BOM)",
@@ -90,7 +91,8 @@ def diagnose(path: Path, names: list[str]) -> PipelineError:
                 value = int(text)
                 if not 0 <= value <= 255:
                     return PipelineError(
-                        f"{path}: line {line}, column '{col}' (#{names.index(col) + 1}): value {value} is outside 0-255",
+                        f"{path}: line {line}, column '{col}' (#{names.index(col) + 1}): "
+                        f"value {value} is outside 0-255",
                         hint="pixel values must be integers in 0..255 (uint8); labels in 0..9",
                     )
     return PipelineError(f"{path}: pyarrow could not parse the file, but no malformed line was found",

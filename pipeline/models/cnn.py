@@ -3,8 +3,8 @@ same code runs with KERAS_BACKEND=tensorflow, jax or torch.
 
 Every builder takes the model's hyperparameters (params.yaml `models.<name>`, their only home; the
 registry lists which keys each builder reads) and `steps_per_epoch` (for learning-rate schedules),
-and returns a COMPILED model whose input is a float32 (N, 28, 28, 1) image scaled to [0, 1] and whose loss is categorical
-cross-entropy on ONE-HOT labels (paper B says so; paper A follows the Keras mnist_cnn lineage,
+and returns a COMPILED model whose input is a float32 (N, 28, 28, 1) image scaled to [0, 1] and whose loss is
+categorical cross-entropy on ONE-HOT labels (paper B says so; paper A follows the Keras mnist_cnn lineage,
 which does the same). The final softmax is float32 so mixed precision stays numerically safe.
 
 Reconstructing paper A (section 5) -- what the text fixes and what it does not
