@@ -1,7 +1,7 @@
 """`python -m benchmarks`: ours vs an alternative, side by side in one run; a ratio table on stdout,
 reports/benchmarks.md and reports/benchmarks.json (raw figures).
 
-Sections (default: 1-5; 6 only with --end-to-end, ~40 min for the default models on 2 cores):
+Sections (default: 1-5; 6 only with --end-to-end, ~25 min for the default models on 2 cores):
   1 CSV ingest of the full 60k train CSV: read_kaggle_csv vs pandas.read_csv — wall time and peak RSS,
     each measurement in a fresh process
   2 validation of the full train split: our gate vs a naive per-column GX suite (1,570 expectations),
@@ -42,10 +42,11 @@ TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("-n", "--repeats", type=int, default=3, help="repeats per figure; the median is reported (3)")
+    p.add_argument("-n", "--repeats", type=int, default=3, help="repeats per figure (3); the median is reported, "
+                   "except in section 3, which counts all timed epochs")
     p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers (default 1,2,3,4,5)")
     p.add_argument("--end-to-end", action="store_true", help="also run section 6 (a full forced dvc repro, "
-                   "~40 min for the default models on 2 cores)")
+                   "~25 min for the default models on 2 cores)")
     p.add_argument("--no-force", dest="force", action="store_false",
                    help="section 6: do not force stages (cached stages are then skipped by DVC)")
     p.add_argument("--workspace", type=Path, default=Path.cwd(),
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-6", file=sys.stderr)
         return 2
     if "6" in keys and not args.end_to_end:
-        print("error: section 6 re-runs the whole pipeline (~40 min on 2 cores); pass --end-to-end to confirm",
+        print("error: section 6 re-runs the whole pipeline (~25 min on 2 cores); pass --end-to-end to confirm",
               file=sys.stderr)
         return 2
     meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeats": args.repeats,

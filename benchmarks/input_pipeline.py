@@ -1,13 +1,13 @@
 """Images/s of our training input pipeline (tf.data: cache -> shuffle -> batch -> scale/one-hot ->
-repeat -> prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one paper CNN,
-side by side in one run.
+repeat -> prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one
+paper CNN, side by side in one run.
 
     python benchmarks/input_pipeline.py [--model paper-b-cnn] [--n 12000] [--repeats 3] [--data data/split]
 
 Each variant trains 1 warm-up epoch (graph tracing, cache fill) plus --repeats timed epochs on the
 same fresh model weights; throughput is images / total time of the timed epochs (the median epoch is
-printed too). Uses the real split if --data has
-train.npz, else the official IDX files. On a shared machine, compare only numbers from one run.
+printed too). Uses the real split if --data has train.npz, else the official IDX files. On a shared
+machine, compare only numbers from one run.
 """
 
 from __future__ import annotations
