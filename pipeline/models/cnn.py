@@ -75,7 +75,7 @@ on the 12k validation split only; figures are validation accuracy, single view /
   (test 93.51%); 12 epochs 93.89 / 94.24% in 473 s, adopted before its test accuracy was measured
   (93.13%).
 - Then training got cheaper without touching the model (pipeline/__init__.py turns TensorFlow's oneDNN
-  CPU kernels on; train.py keeps one tf.data iterator for the whole fit): 12 epochs in 354 s
+  CPU kernels on; train.py keeps one input iterator for the whole fit): 12 epochs in 354 s
   (93.91 / 94.07%). 18 epochs fit the budget again: 94.02 / 94.47% and validation loss 0.159 (0.163 at
   12), in 525 s. 18 is the default, chosen on these validation figures; the test set had been scored
   for this design before, at 12 and 14 epochs (above).
