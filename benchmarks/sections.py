@@ -259,8 +259,8 @@ def training(workspace: Path, repeats: int, model: str = "paper-b-cnn", images: 
     spec = importlib.util.spec_from_file_location("benchmarks.input_pipeline", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if not (hasattr(mod, "epoch_times") and hasattr(mod, "load")):
-        s.skipped = "benchmarks/input_pipeline.py has no load()/epoch_times() to call"
+    if not all(hasattr(mod, f) for f in ("load", "epoch_times", "images_per_second")):
+        s.skipped = "benchmarks/input_pipeline.py has no load()/epoch_times()/images_per_second() to call"
         return s
     import keras
 
@@ -274,9 +274,7 @@ def training(workspace: Path, repeats: int, model: str = "paper-b-cnn", images: 
         log(f"training: {model} {label}, 1 warm-up + {repeats} timed epochs of {len(x)} images")
         times = list(mod.epoch_times(model, x, y, batch_size, repeats, use_tf))
         raw[label] = times
-        # Throughput over all timed epochs, not the median epoch: Keras stalls before some epochs (a new
-        # input iterator per epoch on the NumPy path), a systematic cost that a median of a few epochs hides.
-        results[label] = len(x) * len(times) / sum(times)
+        results[label] = mod.images_per_second(len(x), times)
     s.raw = {"model": model, "images_per_epoch": len(x), "batch_size": batch_size, "epoch_times_s": raw,
              "backend": keras.backend.backend()}
     if len(results) == 2:
