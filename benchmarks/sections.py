@@ -293,8 +293,8 @@ def training(workspace: Path, repeats: int, model: str = "paper-b-cnn", images: 
 # ------------------------------------------------------------------------------------------ 4. inference
 def best_keras_model(workspace: Path) -> tuple[str, Path, float] | None:
     best = None
-    for meta_path in sorted((workspace / "models").glob("*/train.json")):
-        d = meta_path.parent
+    for meta_path in sorted((workspace / "models").glob("*/seed-*/train.json")):
+        d = meta_path.parent          # models/<name>/seed-<seed>
         if not (d / "model.keras").exists():
             continue
         try:
@@ -302,14 +302,14 @@ def best_keras_model(workspace: Path) -> tuple[str, Path, float] | None:
         except (OSError, ValueError):
             continue
         acc = meta.get("val_accuracy")
-        metrics = workspace / "metrics" / f"{d.name}.json"
+        metrics = workspace / "metrics" / d.parent.name / f"{d.name}.json"
         if metrics.exists():  # the official test accuracy, when evaluate has run
             try:
                 acc = json.loads(metrics.read_text())["test"]["accuracy"]
             except (OSError, ValueError, KeyError):
                 pass
         if acc is not None and (best is None or acc > best[2]):
-            best = (d.name, d, float(acc))
+            best = (d.parent.name, d, float(acc))
     return best
 
 
@@ -317,7 +317,7 @@ def inference(workspace: Path, repeats: int, latency_calls: int = 50, batch_size
     s = Section("inference", "4. inference (best CNN)")
     found = best_keras_model(workspace)
     if found is None:
-        s.skipped = f"no trained CNN in {workspace / 'models'} (models/<name>/model.keras + train.json)"
+        s.skipped = f"no trained CNN in {workspace / 'models'} (models/<name>/seed-<seed>/model.keras + train.json)"
         return s
     name, model_dir, acc = found
     from pipeline.evaluate import batch1_latency, predict_in_batches, throughput

@@ -1,7 +1,7 @@
 """The stage DAG as DVC sees it (dvc.yaml, foreach/matrix expanded): names, upstream stages, run order.
 
 Nothing here declares a stage: the list comes from DVC's own index of the workspace, so a stage added
-to dvc.yaml (or a new `foreach` item such as `train@cnn-simple`) becomes a Prefect task with no code change.
+to dvc.yaml (or a new `matrix` item such as `train@cnn-simple-42`) becomes a Prefect task with no code change.
 Not about running stages: see flows.dvc_run.
 """
 
@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                      # DVC address, e.g. "split" or "train@cnn-simple"
+    name: str                      # DVC address, e.g. "split" or "train@cnn-simple-42"
     cmd: str
     upstream: tuple[str, ...] = field(default_factory=tuple)   # direct upstream stages (DVC dependencies)
 

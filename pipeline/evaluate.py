@@ -1,15 +1,17 @@
 """evaluate stage: score ONE trained model on the official 10,000-image test set (and only there).
 
-    python -m pipeline evaluate --model NAME --models-dir models --test data/processed/test.npz --out metrics
+    python -m pipeline evaluate --model NAME --seed SEED --models-dir models --test data/processed/test.npz \
+        --out metrics
 
-Writes, atomically (pipeline.io):
-  metrics/<name>.json              test accuracy (+ Wilson 95% CI), log loss where the probabilities are
+Reads the run models/<name>/seed-<seed>/ and writes, atomically (pipeline.io), under metrics/<name>/:
+  seed-<seed>.json                 test accuracy (+ Wilson 95% CI), log loss where the probabilities are
                                    real, per-class precision/recall/F1/support, macro averages, training
                                    time/params/device (copied from train.json), inference latency and
-                                   throughput, model size on disk. Declared as DVC `metrics`.
-  metrics/<name>.predictions.npz   y_true, y_pred, probs: publish runs McNemar tests and draws figures
+                                   throughput, model size on disk. (publish condenses every run's
+                                   accuracy into accuracy.json, the DVC metric.)
+  seed-<seed>.predictions.npz      y_true, y_pred, probs: publish runs McNemar tests and draws figures
                                    from these without reloading any model.
-  metrics/<name>.confusion.csv     one row per test image (actual,predicted class names): DVC `plots`
+  seed-<seed>.confusion.csv        one row per test image (actual,predicted class names): DVC `plots`
                                    with the `confusion` template.
 
 The metric functions below are pure (arrays in, numbers out) and are checked against scikit-learn.
@@ -260,7 +262,7 @@ def evaluate_model(name: str, model_dir: Path, x: np.ndarray, y: np.ndarray, *, 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise PipelineError(f"{model_dir}: trained model directory not found",
-                            hint=f"run `dvc repro train@{name}` (or python -m pipeline train --model {name})")
+                            hint=f"run `dvc repro train@{name}-<seed>` (or python -m pipeline train --model {name})")
     meta = registry.read_train_meta(model_dir)
     if meta.get("model") not in (None, name):
         raise PipelineError(f"{model_dir}/train.json describes model `{meta.get('model')}`, not `{name}`")
@@ -274,6 +276,7 @@ def evaluate_model(name: str, model_dir: Path, x: np.ndarray, y: np.ndarray, *, 
     probs, timings = predict_in_batches(predictor, x, batch_size)
     metrics = {
         "model": name,
+        "seed": meta.get("seed"),
         "family": family,
         "source": meta.get("source", spec.source),
         "stand_in_for": meta.get("stand_in_for", spec.stand_in_for),
@@ -307,14 +310,17 @@ def confusion_csv(y_true: np.ndarray, y_pred: np.ndarray) -> str:
     return buf.getvalue()
 
 
-def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
-    return {"metrics": out_dir / f"{name}.json", "predictions": out_dir / f"{name}.predictions.npz",
-            "confusion": out_dir / f"{name}.confusion.csv"}
+def output_paths(out_dir: Path, name: str, seed: int) -> dict[str, Path]:
+    """The evaluate stage's files for one (model, seed) run: <out_dir>/<name>/seed-<seed>.{json,...}."""
+    stem = Path(out_dir) / name / f"seed-{seed}"
+    return {"metrics": stem.with_suffix(".json"), "predictions": stem.with_suffix(".predictions.npz"),
+            "confusion": stem.with_suffix(".confusion.csv")}
 
 
-def write_outputs(out_dir: Path, name: str, metrics: dict[str, Any], y_true: np.ndarray, probs: np.ndarray) -> None:
+def write_outputs(out_dir: Path, name: str, seed: int, metrics: dict[str, Any], y_true: np.ndarray,
+                  probs: np.ndarray) -> None:
     """Predictions and confusion first, the metrics JSON last: a complete JSON implies complete siblings."""
-    paths = output_paths(Path(out_dir), name)
+    paths = output_paths(Path(out_dir), name, seed)
     y_pred = probs.argmax(axis=1).astype(np.uint8)
     io.save_arrays(paths["predictions"], y_true=np.asarray(y_true, dtype=np.uint8), y_pred=y_pred,
                    probs=np.asarray(probs, dtype=np.float32))
@@ -337,6 +343,8 @@ def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ CLI
 def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see params.yaml train.models)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="which run: models/<model>/seed-<seed> (default: the first of train.seeds)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
                         help="the official 10k test set (x, y)")
@@ -344,16 +352,19 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import EvaluateParams, section
+    from pipeline.params import EvaluateParams, TrainParams, build, load_params, section
+    from pipeline.train import run_dir
 
-    params = section(EvaluateParams, "evaluate", path=args.params)
+    raw = load_params(args.params)
+    params = section(EvaluateParams, "evaluate", raw)
+    seed = build(TrainParams, raw.get("train", {}), "train").seeds[0] if args.seed is None else args.seed
     x, y = load_test_set(args.test)
     metrics, probs = evaluate_model(
-        args.model, args.models_dir / args.model, x, y, batch_size=params.batch_size,
+        args.model, run_dir(args.models_dir, args.model, seed), x, y, batch_size=params.batch_size,
         latency_calls=params.latency_calls, warmup_calls=params.warmup_calls)
-    write_outputs(args.out, args.model, metrics, y, probs)
+    write_outputs(args.out, args.model, seed, metrics, y, probs)
     t, inf = metrics["test"], metrics["inference"]
-    print(f"evaluate [{args.model}]: test accuracy {t['accuracy']:.4f} "
+    print(f"evaluate [{args.model}, seed {seed}]: test accuracy {t['accuracy']:.4f} "
           f"(95% CI {t['accuracy_ci95_low']:.4f}-{t['accuracy_ci95_high']:.4f}, n={t['n']}); "
           f"batch-1 latency {inf['latency_batch1_median_ms']:.2f} ms; "
           f"{inf['throughput_img_per_s']:.0f} img/s at batch {inf['throughput_batch_size']}", file=sys.stderr)

@@ -1,12 +1,15 @@
 """params.yaml -> typed, validated settings: one dataclass per stage section.
 
-Each stage reads only its own section. Unknown or missing keys are errors that name the key,
-so a typo in params.yaml fails loudly instead of silently using a default.
+Each stage reads only its own section. Unknown or missing keys and values of the wrong type are errors that
+name the key, so a typo in params.yaml (or in a `dvc exp run -S key=value` override, which DVC writes into
+params.yaml before the stage runs) fails loudly instead of silently using a default or crashing later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +53,54 @@ def build(cls: type[T], raw: Any, where: str) -> T:
     missing = sorted(required - set(raw))
     if missing:
         raise PipelineError(f"params.yaml: missing key(s) in `{where}`: {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        check_type(value, hints[key], f"{where}.{key}")
     return cls(**raw)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # YAML writes 1.0 as a float but 1 as an int: both are numbers
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return isinstance(value, hint)
+
+
+def check_type(value: Any, hint: Any, key: str) -> None:
+    """Raise the params error for `key` when `value` does not have type `hint` (a dataclass annotation)."""
+    if not _matches(value, hint):
+        raise PipelineError(f"params.yaml: `{key}` must be {_type_name(hint)}, got {value!r} "
+                            f"({type(value).__name__})",
+                            hint="fix the value in params.yaml (or in the `dvc exp run -S` override)")
 
 
 def section(cls: type[T], name: str, params: dict[str, Any] | None = None, path: str | Path = DEFAULT_PARAMS) -> T:
@@ -97,7 +147,8 @@ class SplitParams:
 class TrainParams:
     # Models the DVC `train` stage trains (foreach); names from pipeline.models.names().
     models: list[str] = field(default_factory=list)
-    seed: int = 42
+    # Every model is trained (and evaluated) once per seed: DVC's matrix expands train@<model>-<seed>.
+    seeds: list[int] = field(default_factory=lambda: [42])
     # true: the exact GradientBoostingClassifier(100 trees, depth 10) (~2-2.5 h on 2 cores) instead of
     # the HistGradientBoostingClassifier stand-in.
     exact_gradient_boosting: bool = False
@@ -105,6 +156,13 @@ class TrainParams:
     mixed_precision: bool = False
     # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
     tf_data: bool = True
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise PipelineError(f"params.yaml: train.seeds must be a non-empty list of distinct integers >= 0, "
+                                f"got {self.seeds}")
+        if len(set(self.models)) != len(self.models):
+            raise PipelineError(f"params.yaml: train.models lists a model twice: {self.models}")
 
 
 @dataclass(frozen=True)

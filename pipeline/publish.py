@@ -1,15 +1,18 @@
 """publish stage: comparison tables (ours vs published) and figures, written to reports/ as ONE atomic swap.
 
     python -m pipeline publish --metrics metrics --models-dir models --test data/processed/test.npz \
-        --class-counts data/split/class_counts.json --out reports
+        --class-counts data/split/class_counts.json --out reports --summary accuracy.json
 
-Reads only earlier stages' outputs (metrics/<name>.json + .predictions.npz, models/<name>/train.json +
-history.csv, data/split/class_counts.json, the test images for the sample grid) and the published claims
-in pipeline.models.registry. Writes reports/comparison.{md,csv,html} and reports/figures/*.png; the HTML
-is self-contained (figures embedded as base64 PNG). Everything is rendered into a temporary directory and
+Reads only earlier stages' outputs for every model in `train.models` and seed in `train.seeds`
+(metrics/<name>/seed-<seed>.json + .predictions.npz, models/<name>/seed-<seed>/train.json + history.csv),
+data/split/class_counts.json, the test images for the sample grid, and the published claims in
+pipeline.models.registry. Writes reports/comparison.{md,csv,html} and reports/figures/*.png (the HTML is
+self-contained, figures embedded as base64 PNG), then accuracy.json, the DVC metrics file. Everything is rendered into a temporary directory and
 swapped in for reports/ only on success, so a failure never leaves a half-updated report.
 
-Every model in params.yaml `train.models` must have been evaluated: a missing one is an error naming it.
+Every model in `train.models` must have been evaluated with every seed: a missing run is an error naming it.
+With several seeds, accuracies are means over seeds with their standard deviation, and a published claim
+"holds" when it lies inside the Wilson CI widened by the seed spread (ModelResult.verdict_interval).
 Not about: computing metrics (pipeline.evaluate) or drawing details (pipeline.plots).
 """
 
@@ -42,18 +45,89 @@ HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epo
 
 # ------------------------------------------------------------------------------ inputs
 @dataclass
-class ModelResult:
-    name: str
-    spec: Any                      # registry.ModelSpec
-    metrics: dict[str, Any]        # metrics/<name>.json
-    train_meta: dict[str, Any]     # models/<name>/train.json
+class SeedRun:
+    """One trained-and-evaluated run of a model: metrics/<name>/seed-<seed>.* and models/<name>/seed-<seed>/."""
+    seed: int
+    metrics: dict[str, Any]        # metrics/<name>/seed-<seed>.json
+    train_meta: dict[str, Any]     # models/<name>/seed-<seed>/train.json
     history: Any                   # pandas DataFrame (history.csv) or None
-    y_true: np.ndarray
     y_pred: np.ndarray
 
     @property
     def accuracy(self) -> float:
         return 100.0 * self.metrics["test"]["accuracy"]
+
+
+@dataclass
+class ModelResult:
+    """A model over all its seeds. Accuracy figures are means over seeds; the per-image views (McNemar,
+    confusion matrices, curves, sample grids) use the first seed's run, `runs[0]`."""
+    name: str
+    spec: Any                      # registry.ModelSpec
+    runs: list[SeedRun]            # in params.yaml train.seeds order
+    y_true: np.ndarray
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.runs[0].metrics
+
+    @property
+    def train_meta(self) -> dict[str, Any]:
+        return self.runs[0].train_meta
+
+    @property
+    def history(self):
+        return self.runs[0].history
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.runs[0].y_pred
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [run.accuracy for run in self.runs]
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy (%), the mean over seeds."""
+        return float(np.mean(self.accuracies))
+
+    @property
+    def accuracy_std(self) -> float | None:
+        """Sample standard deviation (pp) of the test accuracy over seeds; None with a single seed."""
+        return float(np.std(self.accuracies, ddof=1)) if len(self.runs) > 1 else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval (%) for the test accuracy of one run at the mean accuracy (test-set sampling)."""
+        from pipeline.evaluate import wilson_interval
+
+        n = int(self.metrics["test"]["n"])
+        if len(self.runs) == 1:
+            test = self.metrics["test"]
+            return 100 * test["accuracy_ci95_low"], 100 * test["accuracy_ci95_high"]
+        low, high = wilson_interval(int(round(self.accuracy / 100 * n)), n)
+        return 100 * low, 100 * high
+
+    @property
+    def verdict_interval(self) -> tuple[float, float]:
+        """The interval (%) a published claim must fall in to count as reproduced: the Wilson 95% CI widened by
+        the seed spread, combining the two half-widths in quadrature with 2 standard deviations over seeds
+        (the original benchmark's mean +- 2 std). With one seed it is the Wilson CI itself."""
+        low, high = self.ci95
+        spread = 2 * (self.accuracy_std or 0.0)
+        mean = self.accuracy
+        return mean - math.hypot(mean - low, spread), mean + math.hypot(high - mean, spread)
+
+    def claim_holds(self, claim: float | None) -> bool | None:
+        if claim is None:
+            return None
+        low, high = self.verdict_interval
+        return bool(low <= claim <= high)
 
     @property
     def published(self) -> dict[str, Any]:
@@ -64,59 +138,76 @@ class ModelResult:
         return self.train_meta.get("stand_in_for") or self.metrics.get("stand_in_for")
 
 
-def load_results(names: Sequence[str], metrics_dir: Path, models_dir: Path) -> list[ModelResult]:
-    """Read every configured model's outputs; fail naming ALL models whose outputs are missing."""
+def _read_history(path: Path, name: str, seed: int, family: str):
     import pandas as pd
 
+    history = None
+    if path.exists():
+        history = pd.read_csv(path)
+        absent = [c for c in HISTORY_COLUMNS if c not in history.columns]
+        if absent:
+            raise PipelineError(f"{path}: missing column(s) {', '.join(absent)}")
+    if family == "keras" and (history is None or len(history) == 0):
+        raise PipelineError(f"{path}: missing or empty (a Keras model must have its per-epoch history)",
+                            hint=f"re-run `dvc repro train@{name}-{seed}`")
+    return history
+
+
+def load_results(names: Sequence[str], metrics_dir: Path, models_dir: Path,
+                 seeds: Sequence[int] = (42,)) -> list[ModelResult]:
+    """Read every configured (model, seed) run's outputs; fail naming ALL runs whose outputs are missing."""
     from pipeline.models import registry
+    from pipeline.train import run_dir
 
     if not names:
         raise PipelineError("params.yaml: train.models is empty: there is nothing to publish")
+    if not seeds:
+        raise PipelineError("params.yaml: train.seeds is empty: there is nothing to publish")
     for name in names:
         registry.get(name)  # unknown names fail with the list of valid ones
     missing: list[str] = []
     for name in names:
-        paths = output_paths(metrics_dir, name)
-        for key in ("metrics", "predictions"):
-            if not paths[key].exists():
-                missing.append(f"{name} ({paths[key]} missing)")
-        if not (models_dir / name / "train.json").exists():
-            missing.append(f"{name} ({models_dir / name / 'train.json'} missing)")
+        for seed in seeds:
+            paths = output_paths(metrics_dir, name, seed)
+            for key in ("metrics", "predictions"):
+                if not paths[key].exists():
+                    missing.append(f"{name}-{seed} ({paths[key]} missing)")
+            if not (run_dir(models_dir, name, seed) / "train.json").exists():
+                missing.append(f"{name}-{seed} ({run_dir(models_dir, name, seed) / 'train.json'} missing)")
     if missing:
         first = missing[0].split(" ")[0]
         raise PipelineError(
-            "no evaluation results for model(s) listed in train.models: " + "; ".join(missing),
-            hint=f"run `dvc repro evaluate@{first}` (or `python -m pipeline evaluate --model {first}`) for each, "
-                 "or remove the model from params.yaml train.models")
+            "no evaluation results for run(s) of train.models x train.seeds: " + "; ".join(missing),
+            hint=f"run `dvc repro evaluate@{first}` for each (or `dvc repro` for all), "
+                 "or remove the model from params.yaml train.models / the seed from train.seeds")
     results = []
     y_ref = None
     for name in names:
-        paths = output_paths(metrics_dir, name)
-        metrics = io.read_json(paths["metrics"])
-        if metrics.get("model") != name:
-            raise PipelineError(f"{paths['metrics']}: describes model `{metrics.get('model')}`, not `{name}`")
-        pred = io.load_arrays(paths["predictions"])
-        if y_ref is None:
-            y_ref = pred["y_true"]
-        elif not np.array_equal(pred["y_true"], y_ref):
-            raise PipelineError(f"{paths['predictions']}: evaluated on a different test set than `{names[0]}`",
-                                hint="re-run the evaluate stages so that all use the same data/processed/test.npz")
-        if int(np.sum(pred["y_pred"] == pred["y_true"])) != metrics["test"]["correct"]:
-            raise PipelineError(f"{paths['predictions']} disagrees with {paths['metrics']}",
-                                hint=f"re-run `dvc repro evaluate@{name}`")
-        history_path = models_dir / name / "history.csv"
-        history = None
-        if history_path.exists():
-            history = pd.read_csv(history_path)
-            absent = [c for c in HISTORY_COLUMNS if c not in history.columns]
-            if absent:
-                raise PipelineError(f"{history_path}: missing column(s) {', '.join(absent)}")
         spec = registry.get(name)
-        if spec.family == "keras" and (history is None or len(history) == 0):
-            raise PipelineError(f"{history_path}: missing or empty (a Keras model must have its per-epoch history)",
-                                hint=f"re-run `dvc repro train@{name}`")
-        results.append(ModelResult(name, spec, metrics, io.read_json(models_dir / name / "train.json"), history,
-                                   pred["y_true"], pred["y_pred"]))
+        runs = []
+        for seed in seeds:
+            paths = output_paths(metrics_dir, name, seed)
+            metrics = io.read_json(paths["metrics"])
+            if metrics.get("model") != name:
+                raise PipelineError(f"{paths['metrics']}: describes model `{metrics.get('model')}`, not `{name}`")
+            pred = io.load_arrays(paths["predictions"])
+            if y_ref is None:
+                y_ref = pred["y_true"]
+            elif not np.array_equal(pred["y_true"], y_ref):
+                raise PipelineError(
+                    f"{paths['predictions']}: evaluated on a different test set than `{names[0]}`",
+                    hint="re-run the evaluate stages so that all use the same data/processed/test.npz")
+            if int(np.sum(pred["y_pred"] == pred["y_true"])) != metrics["test"]["correct"]:
+                raise PipelineError(f"{paths['predictions']} disagrees with {paths['metrics']}",
+                                    hint=f"re-run `dvc repro evaluate@{name}-{seed}`")
+            model_dir = run_dir(models_dir, name, seed)
+            train_meta = io.read_json(model_dir / "train.json")
+            if train_meta.get("seed") not in (None, seed):
+                raise PipelineError(f"{model_dir}/train.json records seed {train_meta.get('seed')}, not {seed}",
+                                    hint=f"re-run `dvc repro train@{name}-{seed}`")
+            history = _read_history(model_dir / "history.csv", name, seed, spec.family)
+            runs.append(SeedRun(seed, metrics, train_meta, history, pred["y_pred"]))
+        results.append(ModelResult(name, spec, runs, y_ref))
     return results
 
 
@@ -189,15 +280,18 @@ def comparison_records(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
     for rank, r in enumerate(ranked(results), 1):
         test, train, inf = r.metrics["test"], r.metrics["train"], r.metrics["inference"]
         claim, kind = published_accuracy(r)
+        (ci_low, ci_high), (verdict_low, verdict_high) = r.ci95, r.verdict_interval
         records.append({
             "rank": rank, "model": r.name, "source": r.spec.source, "family": r.spec.family,
             "stand_in_for": r.stand_in_for or "",
             "published_accuracy_pct": claim, "published_accuracy_kind": kind,
             "test_accuracy_pct": r.accuracy,
+            "seeds": " ".join(str(seed) for seed in r.seeds),
+            "test_accuracy_std_pp": r.accuracy_std,
             "gap_pp": None if claim is None else r.accuracy - claim,
-            "ci95_low_pct": 100 * test["accuracy_ci95_low"], "ci95_high_pct": 100 * test["accuracy_ci95_high"],
-            "claim_inside_ci95": None if claim is None else
-            bool(100 * test["accuracy_ci95_low"] <= claim <= 100 * test["accuracy_ci95_high"]),
+            "ci95_low_pct": ci_low, "ci95_high_pct": ci_high,
+            "verdict_low_pct": verdict_low, "verdict_high_pct": verdict_high,
+            "claim_holds": r.claim_holds(claim),
             "test_n": test["n"], "test_log_loss": test["log_loss"], "macro_f1": test["macro"]["f1"],
             "params_ours": r.metrics.get("params_count"), "params_published": r.published.get("params"),
             "train_time_s": train.get("train_time_s"), "epochs": train.get("epochs"),
@@ -214,21 +308,28 @@ def table_ranking(records: list[dict[str, Any]]) -> Table:
     rows = []
     for rec in records:
         model = rec["model"] + (f" (stand-in for {rec['stand_in_for']})" if rec["stand_in_for"] else "")
+        n_seeds = len(rec["seeds"].split())
+        spread = (f"± {rec['test_accuracy_std_pp']:.2f} ({n_seeds} seeds)" if rec["test_accuracy_std_pp"] is not None
+                  else "— (1 seed)")
+        holds = {None: "—", True: "yes", False: "no"}[rec["claim_holds"]]
         rows.append([
             str(rec["rank"]), model, rec["source"], _pct(rec["published_accuracy_pct"]),
-            rec["published_accuracy_kind"], _pct(rec["test_accuracy_pct"]), _signed(rec["gap_pp"]),
-            f"{rec['ci95_low_pct']:.2f}–{rec['ci95_high_pct']:.2f}", _int(rec["params_ours"]),
+            rec["published_accuracy_kind"], _pct(rec["test_accuracy_pct"]), spread, _signed(rec["gap_pp"]),
+            f"{rec['ci95_low_pct']:.2f}–{rec['ci95_high_pct']:.2f}", holds, _int(rec["params_ours"]),
             _int(rec["params_published"]), _num(rec["train_time_s"], 1), str(rec["train_device"] or "—"),
             _num(rec["latency_batch1_ms"], 2), _num(rec["throughput_img_per_s"], 0),
             _num((rec["model_size_bytes"] or 0) / 1e6, 2),
         ])
     return Table(
         "ranking", f"1. All models ranked by test accuracy (official test set, {n_test:,} images)",
-        ["#", "model", "source", "published %", "what the published number is", "ours: test %",
-         "ours − published (pp)", "ours: 95% CI", "params (ours)", "params (published)", "train time (s)",
+        ["#", "model", "source", "published %", "what the published number is", "ours: test % (mean over seeds)",
+         "ours: std over seeds (pp)", "ours − published (pp)", "ours: 95% CI", "claim holds?", "params (ours)", "params (published)", "train time (s)",
          "train device", "batch-1 latency (ms)", "batch-1024 throughput (img/s)", "model size (MB)"],
         rows,
-        "Accuracies in percent. 95% CI: Wilson score interval over the test images. The gap compares numbers of "
+        "Accuracies in percent. 95% CI: Wilson score interval over the test images (at the mean accuracy when "
+        "there are several seeds). 'Claim holds' when the published number lies inside that interval widened by "
+        "the seed spread (half-widths combined in quadrature with 2 standard deviations over seeds; with one seed, "
+        "the interval itself). The gap compares numbers of "
         "different kinds where the published figure is not a test accuracy (see its description). Parameter "
         "counts for scikit-learn models are the number of fitted numeric values.")
 
@@ -374,25 +475,26 @@ def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict
                          train_size: int | None = None) -> list[str]:
     order = ranked(results)
     best = order[0]
-    ci = best.metrics["test"]
-    n = ci["n"]
+    n = best.metrics["test"]["n"]
+    low, high = best.ci95
+    spread = (f", mean of {len(best.runs)} seeds, standard deviation {best.accuracy_std:.2f} pp"
+              if best.accuracy_std is not None else "")
     lines = [
         f"Our most accurate model on the official {n:,}-image test set is `{best.name}` at {best.accuracy:.2f}% "
-        f"(95% CI {100 * ci['accuracy_ci95_low']:.2f}–{100 * ci['accuracy_ci95_high']:.2f}%). Choosing the best "
+        f"(95% CI {low:.2f}–{high:.2f}%{spread}). Choosing the best "
         "model by test accuracy makes this figure slightly optimistic."]
     paper_a = [r for r in results if r.spec.source == "Paper A" and "accuracy" in r.published]
     if paper_a:
         top_claim = max(paper_a, key=lambda r: r.published["accuracy"])
         parts = ", ".join(f"`{r.name}` {r.published['accuracy']:.2f}% claimed vs {r.accuracy:.2f}% measured "
                           f"({r.accuracy - r.published['accuracy']:+.2f} pp)" for r in paper_a)
-        inside = [r.name for r in paper_a
-                  if 100 * r.metrics['test']['accuracy_ci95_low'] <= r.published['accuracy']
-                  <= 100 * r.metrics['test']['accuracy_ci95_high']]
+        inside = [r.name for r in paper_a if r.claim_holds(r.published["accuracy"])]
         lines.append(
             f"Paper A's headline figures are {top_claim.published.get('accuracy_kind', 'validation accuracy')}, "
             f"not held-out test accuracy: {parts}. "
-            + (f"The claims lie inside our 95% CI for: {', '.join(inside)}. " if inside else
-               "None of these claims lies inside our 95% confidence interval. ")
+            + (f"The claims lie inside our 95% CI (widened by the seed spread) for: {', '.join(inside)}. " if inside
+               else "None of these claims lies inside our 95% confidence interval, even widened by the seed "
+                    "spread. ")
             + f"The best results published on the official test set are about {BEST_PUBLISHED_TEST_ACCURACY:.1f}%; "
             f"paper A's {top_claim.published['accuracy']:.2f}% would exceed that by "
             f"{top_claim.published['accuracy'] - BEST_PUBLISHED_TEST_ACCURACY:.2f} pp with a "
@@ -403,13 +505,11 @@ def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict
     test_claims = [r for r in results if "accuracy" in r.published
                    and claim_is_test_accuracy(str(r.published.get("accuracy_kind", "")))]
     if test_claims:
-        within = [r for r in test_claims
-                  if 100 * r.metrics['test']['accuracy_ci95_low'] <= r.published['accuracy']
-                  <= 100 * r.metrics['test']['accuracy_ci95_high']]
+        within = [r for r in test_claims if r.claim_holds(r.published["accuracy"])]
         gaps = [r.accuracy - r.published["accuracy"] for r in test_claims]
         lines.append(
             f"Of the {len(test_claims)} published test-set accuracies we re-measured, {len(within)} lie inside our "
-            f"95% CI ({', '.join(r.name for r in within) or 'none'}); gaps (ours − published) range from "
+            f"95% CI, widened by the seed spread ({', '.join(r.name for r in within) or 'none'}); gaps (ours − published) range from "
             f"{min(gaps):+.2f} to {max(gaps):+.2f} pp."
             + (f" Our benchmark baselines were trained on the {train_size:,}-image training split, not on all "
                "60,000 training images as in the original benchmark." if train_size and train_size < 60000 else ""))
@@ -457,8 +557,7 @@ def render_figures(results: Sequence[ModelResult], fig_dir: Path, *, x_test: np.
     order = ranked(results)
     best = order[0]
     comparison = [{"model": r.name + (" (stand-in)" if r.stand_in_for else ""), "accuracy": r.accuracy,
-                   "ci_low": 100 * r.metrics["test"]["accuracy_ci95_low"],
-                   "ci_high": 100 * r.metrics["test"]["accuracy_ci95_high"],
+                   "ci_low": r.verdict_interval[0], "ci_high": r.verdict_interval[1],
                    "published": published_accuracy(r)[0],
                    "published_is_test": claim_is_test_accuracy(published_accuracy(r)[1])} for r in order]
     figures.append(("Test accuracy of every model with published claims marked",
@@ -560,8 +659,8 @@ def table_hyperparameters(results: Sequence[ModelResult]) -> Table:
     for r in results:
         hp = r.train_meta.get("hyperparams") or {}
         rows.append([r.name, ", ".join(f"{k}={_hp_value(v)}" for k, v in sorted(hp.items())) or "—",
-                     str(r.train_meta.get("seed", "—"))])
-    return Table("hyperparameters", "Hyperparameters used in this run", ["model", "hyperparameters", "seed"], rows,
+                     ", ".join(str(run.train_meta.get("seed", "—")) for run in r.runs)])
+    return Table("hyperparameters", "Hyperparameters used in this run", ["model", "hyperparameters", "seeds"], rows,
                  caption="As recorded by the train stage from params.yaml `models.<name>`; the model descriptions "
                          "give the structure only.")
 
@@ -585,11 +684,28 @@ def table_not_trained(names: Sequence[str]) -> Table | None:
                          "`train.models` and re-run `dvc repro` to measure it (slow on CPU: README, Time budget).")
 
 
+def accuracy_summary(results: Sequence[ModelResult]) -> dict[str, dict[str, Any]]:
+    """accuracy.json, the DVC metrics file: per model, the test accuracy (%, mean over seeds), its Wilson 95% CI
+    and the standard deviation over seeds (null with one seed). Flat and small on purpose: `dvc exp show` and
+    `dvc metrics diff` turn each key into a column (`cnn-ours.test_acc`, ...)."""
+    summary = {}
+    for r in results:
+        low, high = r.ci95
+        claim = published_accuracy(r)[0]
+        summary[r.name] = {
+            "test_acc": round(r.accuracy, 4), "ci95_low": round(low, 4), "ci95_high": round(high, 4),
+            "seed_std": None if r.accuracy_std is None else round(r.accuracy_std, 4),
+            "gap_pp": None if claim is None else round(r.accuracy - claim, 4),
+        }
+    return summary
+
+
 def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_dir: Path, test_path: Path | None,
-            class_counts_path: Path | None, mcnemar_top: int = 5, alpha: float = 0.05, sample_images: int = 16,
-            dpi: int = 110) -> dict[str, Any]:
-    """Read all inputs, then render tables + figures into a temp dir swapped in for out_dir on success."""
-    results = load_results(list(names), Path(metrics_dir), Path(models_dir))
+            class_counts_path: Path | None, seeds: Sequence[int] = (42,), summary_path: Path | None = None,
+            mcnemar_top: int = 5, alpha: float = 0.05, sample_images: int = 16, dpi: int = 110) -> dict[str, Any]:
+    """Read all inputs, then render tables + figures into a temp dir swapped in for out_dir on success, and
+    write the accuracy summary (summary_path) last."""
+    results = load_results(list(names), Path(metrics_dir), Path(models_dir), list(seeds))
     x_test = None
     if test_path is not None:
         from pipeline.evaluate import load_test_set
@@ -622,7 +738,10 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         (tmp / "comparison.md").write_text(render_markdown(tables, note, figures, "figures"), encoding="utf-8")
         (tmp / "comparison.csv").write_text(records_csv(records), encoding="utf-8")
         (tmp / "comparison.html").write_text(render_html(tables, note, figures), encoding="utf-8")
-    return {"records": records, "mcnemar": mc, "note": note, "figures": [p.name for _, p in figures],
+    summary = accuracy_summary(results)
+    if summary_path is not None:
+        io.write_json(summary_path, summary)
+    return {"summary": summary, "records": records, "mcnemar": mc, "note": note, "figures": [p.name for _, p in figures],
             "tables": [t.key for t in tables]}
 
 
@@ -634,6 +753,8 @@ def add_cli(parser) -> None:
                         help="test images for the correct/misclassified grid")
     parser.add_argument("--class-counts", type=Path, default=Path("data/split/class_counts.json"))
     parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--summary", type=Path, default=Path("accuracy.json"),
+                        help="per-model test accuracy, CI and seed spread: the DVC metrics file")
 
 
 def cli(args) -> None:
@@ -641,10 +762,12 @@ def cli(args) -> None:
 
     raw = load_params(args.params)
     params = section(PublishParams, "publish", raw)
-    models = build(TrainParams, raw.get("train", {}), "train").models
-    summary = publish(models, metrics_dir=args.metrics, models_dir=args.models_dir, out_dir=args.out,
-                      test_path=args.test, class_counts_path=args.class_counts, mcnemar_top=params.mcnemar_top,
+    train = build(TrainParams, raw.get("train", {}), "train")
+    summary = publish(train.models, metrics_dir=args.metrics, models_dir=args.models_dir, out_dir=args.out,
+                      test_path=args.test, class_counts_path=args.class_counts, seeds=train.seeds,
+                      summary_path=args.summary, mcnemar_top=params.mcnemar_top,
                       alpha=params.alpha, sample_images=params.sample_images, dpi=params.dpi)
     best = summary["records"][0]
-    print(f"publish: {len(summary['records'])} models, {len(summary['figures'])} figures -> {args.out}/; best "
+    print(f"publish: {len(summary['records'])} models x {len(train.seeds)} seed(s), {len(summary['figures'])} figures "
+          f"-> {args.out}/, {args.summary}; best "
           f"{best['model']} {best['test_accuracy_pct']:.2f}%", file=sys.stderr)

@@ -1,6 +1,6 @@
 """train stage: train ONE registered model on data/split and write models/<name>/ atomically.
 
-    python -m pipeline train --model NAME --data data/split --out models/NAME
+    python -m pipeline train --model NAME --seed SEED --data data/split --out models/NAME/seed-SEED
 
 Artifact contract (evaluate/publish depend on it): models/<name>/ holds
   model.keras (Keras) | model.skops (scikit-learn via skops, never pickle)
@@ -19,10 +19,11 @@ scikit-learn: train metrics are measured on a seeded subsample of `train_eval_sa
 rows (SVC/KNN predictions on all 48k would double their cost); val_loss is null for models
 without predict_proba.
 
-Resume: every completed Keras epoch is checkpointed to <out parent>/.ckpt/<name>/ (model with
-optimizer state + history so far + a fingerprint of model, hyperparameters, seed and data). A
-rerun with the same fingerprint continues from the last completed epoch; the checkpoint is deleted
-on success. A resumed run is not bit-identical to an uninterrupted one (shuffle/dropout RNG streams
+Resume: every completed Keras epoch is checkpointed to .checkpoints/<name>/seed-<seed>/ (model with
+optimizer state + history so far + a fingerprint of model, hyperparameters, seed and data). It lives
+outside the DVC output on purpose: DVC deletes a stage's (non-persistent) output before re-running it,
+and the checkpoint must survive that. A rerun with the same fingerprint continues from the last
+completed epoch; the checkpoint is deleted on success. A resumed run is not bit-identical to an uninterrupted one (shuffle/dropout RNG streams
 restart), but it trains the remaining epochs with the restored weights, optimizer state and schedule.
 
 Determinism: keras.utils.set_random_seed(seed) seeds Python, NumPy and the backend; the tf.data
@@ -322,39 +323,51 @@ def save_artifacts(out: Path, model, family: str, rows: list[dict], meta: dict) 
         (tmp / "train.json").write_text(json.dumps(meta, indent=2, default=io._json_default) + "\n")
 
 
-def checkpoint_dir_for(out: Path) -> Path:
-    return out.parent / ".ckpt" / out.name
+CHECKPOINT_ROOT = Path(".checkpoints")
 
 
-def run(name: str, data: Path, out: Path, params: dict[str, Any], *, callbacks: Iterable = (),
-        verbose: int = 2) -> dict:
-    """Load the split, train, write models/<name>/ atomically, drop the checkpoint. Returns train.json."""
+def run_dir(root: Path, name: str, seed: int) -> Path:
+    """Where one (model, seed) run's files live under models/ (and metrics/): <root>/<name>/seed-<seed>."""
+    return Path(root) / name / f"seed-{seed}"
+
+
+def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int | None = None,
+        checkpoint_root: Path | None = None, callbacks: Iterable = (), verbose: int = 2) -> dict:
+    """Load the split, train, write `out` atomically, drop the checkpoint. Returns train.json.
+
+    seed: None = the first of params.yaml `train.seeds` (the DVC stages always pass one explicitly).
+    checkpoint_root: None = CHECKPOINT_ROOT (relative to the working directory, the repository root).
+    """
     from pipeline.params import TrainParams, build
 
     spec = registry.get(name)
     tp = build(TrainParams, params.get("train", {}), "train")
+    seed = tp.seeds[0] if seed is None else int(seed)
     hyperparams = (params.get("models") or {}).get(name)  # checked (absent, missing/unknown keys) by the spec
     train, val = io.load_arrays(data / "train.npz"), io.load_arrays(data / "val.npz")
-    ckpt = checkpoint_dir_for(out) if spec.family == "keras" else None
+    ckpt = run_dir(checkpoint_root or CHECKPOINT_ROOT, name, seed) if spec.family == "keras" else None
     model, rows, meta = train_model(
-        spec, hyperparams, train["x"], train["y"], val["x"], val["y"], seed=tp.seed, checkpoint_dir=ckpt,
+        spec, hyperparams, train["x"], train["y"], val["x"], val["y"], seed=seed, checkpoint_dir=ckpt,
         callbacks=callbacks, mixed_precision=tp.mixed_precision,
         exact_gradient_boosting=tp.exact_gradient_boosting, use_tf_data=tp.tf_data, verbose=verbose)
     save_artifacts(out, model, spec.family, rows, meta)
     if ckpt is not None:
         shutil.rmtree(ckpt, ignore_errors=True)
-        try:
-            ckpt.parent.rmdir()
-        except OSError:
-            pass
+        for empty in (ckpt.parent, ckpt.parent.parent):   # .checkpoints/<name>/, then .checkpoints/
+            try:
+                empty.rmdir()
+            except OSError:
+                break
     log(f"train [{name}]: wrote {out} (val accuracy {meta['val_accuracy']:.4f}, {meta['train_time_s']:.1f} s)")
     return meta
 
 
 def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see pipeline.models.names())")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed of this run (default: the first of params.yaml train.seeds)")
     parser.add_argument("--data", type=Path, default=Path("data/split"))
-    parser.add_argument("--out", type=Path, default=None, help="default: models/<model>")
+    parser.add_argument("--out", type=Path, default=None, help="default: models/<model>/seed-<seed>")
     parser.add_argument("--plot", type=Path, default=None,
                         help="also write the per-epoch history here (a DVC plot file outside the model dir)")
 
@@ -363,9 +376,12 @@ def cli(args) -> None:
     from pipeline.params import load_params
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pipeline.params import TrainParams, build
+
     params = load_params(args.params)
-    out = args.out or Path("models") / args.model
-    run(args.model, args.data, out, params)
+    seed = build(TrainParams, params.get("train", {}), "train").seeds[0] if args.seed is None else args.seed
+    out = args.out or run_dir(Path("models"), args.model, seed)
+    run(args.model, args.data, out, params, seed=seed)
     if args.plot is not None:
         # DVC forbids a plot inside another output, so the curve DVC plots is a copy beside models/.
         io.write_bytes(args.plot, (out / "history.csv").read_bytes())

@@ -89,7 +89,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
     `dvc_env`). Params are shrunk to the slice so the real DAG runs in seconds.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".dvc").mkdir()

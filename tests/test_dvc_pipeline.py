@@ -74,7 +74,7 @@ def model_workspace(tmp_path_factory, fmnist):
                                           "publish.sample_images": 4})
     proc = run_dvc("repro", "publish", cwd=ws)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _ran(proc.stdout) >= {f"{stage}@{m}" for stage in ("train", "evaluate") for m in MODELS} | {"publish"}
+    assert _ran(proc.stdout) >= {f"{stage}@{m}-42" for stage in ("train", "evaluate") for m in MODELS} | {"publish"}
     return ws
 
 
@@ -86,7 +86,7 @@ def _hyperparameter_row(workspace, model: str) -> str:
 
 def test_changing_one_models_params_reruns_only_that_model_and_updates_the_tables(model_workspace):
     ws = model_workspace
-    untouched = {p: _digest(ws / p) for p in ("metrics/gaussian-nb.json", "models/gaussian-nb/train.json")}
+    untouched = {p: _digest(ws / p) for p in ("metrics/gaussian-nb/seed-42.json", "models/gaussian-nb/seed-42/train.json")}
     assert "max_depth=10" in _hyperparameter_row(ws, "decision-tree")
     params_path = ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
@@ -95,7 +95,7 @@ def test_changing_one_models_params_reruns_only_that_model_and_updates_the_table
 
     proc = run_dvc("repro", "publish", cwd=ws)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _ran(proc.stdout) == {"train@decision-tree", "evaluate@decision-tree", "publish"}
+    assert _ran(proc.stdout) == {"train@decision-tree-42", "evaluate@decision-tree-42", "publish"}
     assert "max_depth=3" in _hyperparameter_row(ws, "decision-tree")
     for path, digest in untouched.items():
         assert _digest(ws / path) == digest, path

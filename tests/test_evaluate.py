@@ -141,9 +141,9 @@ def test_evaluate_model_writes_consistent_outputs(nb_case, small_split, tmp_path
     metrics, got = ev.evaluate_model("gaussian-nb", tmp_path / "models" / "gaussian-nb", xt, y, batch_size=128,
                                      latency_calls=3, warmup_calls=1)
     np.testing.assert_allclose(got, probs, rtol=1e-5, atol=1e-6)
-    ev.write_outputs(tmp_path / "metrics", "gaussian-nb", metrics, y, got)
+    ev.write_outputs(tmp_path / "metrics", "gaussian-nb", 42, metrics, y, got)
 
-    saved = io.read_json(tmp_path / "metrics" / "gaussian-nb.json")
+    saved = io.read_json(tmp_path / "metrics" / "gaussian-nb" / "seed-42.json")
     assert saved["test"]["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert saved["test"]["n"] == len(y) == 300
     assert saved["test"]["accuracy_ci95_low"] < saved["test"]["accuracy"] < saved["test"]["accuracy_ci95_high"]
@@ -154,10 +154,10 @@ def test_evaluate_model_writes_consistent_outputs(nb_case, small_split, tmp_path
     assert inf["device"].startswith(("CPU", "GPU"))
     assert saved["model_size_bytes"] == (tmp_path / "models" / "gaussian-nb" / "model.skops").stat().st_size
 
-    arrays = io.load_arrays(tmp_path / "metrics" / "gaussian-nb.predictions.npz")
+    arrays = io.load_arrays(tmp_path / "metrics" / "gaussian-nb" / "seed-42.predictions.npz")
     np.testing.assert_array_equal(arrays["y_true"], y)
     np.testing.assert_array_equal(arrays["y_pred"], pred)
-    with open(tmp_path / "metrics" / "gaussian-nb.confusion.csv", newline="") as fh:
+    with open(tmp_path / "metrics" / "gaussian-nb" / "seed-42.confusion.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 300 and set(rows[0]) == {"actual", "predicted"}
     assert sum(r["actual"] == r["predicted"] for r in rows) == saved["test"]["correct"]
@@ -172,8 +172,9 @@ def test_evaluate_refuses_train_json_of_another_model(nb_case, small_split, tmp_
 
 def _cli_workspace(tmp_path, small_split, model):
     io.save_arrays(tmp_path / "test.npz", x=small_split["test"][0], y=small_split["test"][1])
-    (tmp_path / "params.yaml").write_text("evaluate:\n  batch_size: 128\n  latency_calls: 3\n  warmup_calls: 1\n")
-    _write_nb_model(tmp_path / "models" / "gaussian-nb", model)
+    (tmp_path / "params.yaml").write_text("evaluate:\n  batch_size: 128\n  latency_calls: 3\n  warmup_calls: 1\n"
+                                          "train:\n  models: [gaussian-nb]\n  seeds: [42]\n")
+    _write_nb_model(tmp_path / "models" / "gaussian-nb" / "seed-42", model)
 
 
 def test_cli_evaluate(nb_case, small_split, tmp_path):
@@ -182,7 +183,8 @@ def test_cli_evaluate(nb_case, small_split, tmp_path):
                    "--out", "metrics", cwd=tmp_path, check=True)
     assert "test accuracy" in proc.stderr
     for suffix in (".json", ".predictions.npz", ".confusion.csv"):
-        assert (tmp_path / "metrics" / f"gaussian-nb{suffix}").exists()
+        assert (tmp_path / "metrics" / "gaussian-nb" / f"seed-42{suffix}").exists()
+    assert json.loads((tmp_path / "metrics/gaussian-nb/seed-42.json").read_text())["seed"] == 42
 
 
 def test_cli_evaluate_missing_model_is_a_clear_error(nb_case, small_split, tmp_path):

@@ -46,17 +46,19 @@ def _history(name: str, family: str, epochs: int, seed: int) -> list[dict]:
     return rows
 
 
-def build_workspace(root: Path, small_split, names: list[str]) -> dict[str, Path]:
+def build_workspace(root: Path, small_split, names: list[str], seeds: tuple[int, ...] = (42,)) -> dict[str, Path]:
     import skops.io as sio
+
+    from pipeline.train import run_dir
 
     (x, y), (xv, yv), (xt, yt) = small_split["train"], small_split["val"], small_split["test"]
     models_dir, metrics_dir = root / "models", root / "metrics"
     xs = registry.preprocess("sklearn", x)
-    for i, name in enumerate(names):
+    for (i, name), (k, seed) in ((m, s) for m in enumerate(names) for s in enumerate(seeds)):
         spec = registry.get(name)
-        rows = 200 + (i * 397) % 400          # a different real training slice per model
+        rows = 200 + (i * 397 + k * 53) % 400          # a different real training slice per model and seed
         model = GaussianNB(var_smoothing=10.0 ** (-9 + (i % 7))).fit(xs[:rows], y[:rows])
-        mdir = models_dir / name
+        mdir = run_dir(models_dir, name, seed)
         mdir.mkdir(parents=True)
         sio.dump(model, mdir / registry.SKOPS_FILE)
         history = _history(name, spec.family, 12 if spec.family == "keras" else 1, i)
@@ -66,19 +68,19 @@ def build_workspace(root: Path, small_split, names: list[str]) -> dict[str, Path
             writer.writerows(history)
         meta = {"model": name, "family": spec.family, "source": spec.source, "train_time_s": 10.0 + i,
                 "epochs": len(history), "device": "CPU", "backend": "tensorflow" if spec.family == "keras" else
-                "sklearn", "seed": 42, "params_count": 1000 * (i + 1), "val_accuracy": history[-1]["val_accuracy"],
+                "sklearn", "seed": seed, "params_count": 1000 * (i + 1), "val_accuracy": history[-1]["val_accuracy"],
                 "val_loss": history[-1]["val_loss"], "train_accuracy": history[-1]["accuracy"],
                 "train_loss": history[-1]["loss"], "hyperparams": shipped_hyperparams(name),
                 "stand_in_for": spec.stand_in_for, "resumed_from_epoch": None}
         (mdir / "train.json").write_text(json.dumps(meta))
         metrics, probs = ev.evaluate_model(name, mdir, xt, yt, batch_size=128, latency_calls=2, warmup_calls=1)
-        ev.write_outputs(metrics_dir, name, metrics, yt, probs)
+        ev.write_outputs(metrics_dir, name, seed, metrics, yt, probs)
     io.save_arrays(root / "test.npz", x=xt, y=yt)
     io.write_json(root / "class_counts.json", {"seed": 42, "sizes": {"train": len(y), "val": len(yv), "test": len(yt)},
                                                "class_counts": {"train": class_counts(y), "val": class_counts(yv),
                                                                 "test": class_counts(yt)}})
     return {"models": models_dir, "metrics": metrics_dir, "test": root / "test.npz",
-            "counts": root / "class_counts.json", "out": root / "reports"}
+            "counts": root / "class_counts.json", "out": root / "reports", "summary": root / "accuracy.json"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def workspace(small_split, tmp_path_factory):
 def run_publish(paths, names, **kw):
     return publish.publish(names, metrics_dir=paths["metrics"], models_dir=paths["models"], out_dir=paths["out"],
                            test_path=paths["test"], class_counts_path=paths["counts"], mcnemar_top=4, dpi=60,
-                           sample_images=8, **kw)
+                           sample_images=8, summary_path=paths["summary"], **kw)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -125,7 +127,7 @@ def test_published_measured_and_gap(workspace):
     metrics_dir = workspace["paths"]["metrics"]
     for rec in workspace["summary"]["records"]:
         spec = registry.get(rec["model"])
-        measured = 100 * io.read_json(metrics_dir / f"{rec['model']}.json")["test"]["accuracy"]
+        measured = 100 * io.read_json(metrics_dir / rec["model"] / "seed-42.json")["test"]["accuracy"]
         assert rec["test_accuracy_pct"] == pytest.approx(measured)
         assert rec["ci95_low_pct"] <= measured <= rec["ci95_high_pct"]
         if "accuracy" in spec.published:
@@ -199,7 +201,7 @@ def test_missing_metrics_fails_naming_the_model_and_keeps_reports(workspace, tmp
     paths = _copy(workspace, tmp_path)
     before = snapshot(paths["out"])
     victim = workspace["names"][-1]
-    (paths["metrics"] / f"{victim}.json").unlink()
+    (paths["metrics"] / victim / "seed-42.json").unlink()
     with pytest.raises(PipelineError, match=re.escape(victim)):
         run_publish(paths, workspace["names"])
     assert snapshot(paths["out"]) == before
@@ -227,6 +229,7 @@ def test_failure_mid_render_leaves_previous_reports_byte_identical(workspace, tm
 def _cli_params(root: Path, names: list[str]) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["models"] = names
+    params["train"]["seeds"] = [42]
     params["publish"].update({"mcnemar_top": 3, "dpi": 50, "sample_images": 4})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -242,10 +245,11 @@ def test_cli_publish_and_missing_model_error(workspace, tmp_path):
             "--class-counts", "class_counts.json", "--out", "reports")
     proc = run_cli(*args, cwd=root, check=True)
     assert "publish:" in proc.stderr
+    assert sorted(json.loads((root / "accuracy.json").read_text())) == sorted(names)   # the default --summary
     with open(root / "reports" / "comparison.csv", newline="") as fh:
         assert sorted(r["model"] for r in csv.DictReader(fh)) == sorted(names)
     before = snapshot(root / "reports")
-    (root / "metrics" / f"{names[1]}.json").unlink()
+    (root / "metrics" / names[1] / "seed-42.json").unlink()
     proc = run_cli(*args, cwd=root)
     assert proc.returncode == 2 and names[1] in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(root / "reports") == before
@@ -295,3 +299,65 @@ def test_model_descriptions_carry_no_hyperparameter_values():
             for number in numbers(value):
                 for text in {str(number), format(number, "g")}:
                     assert not re.search(rf"(?<![\w.]){re.escape(text)}(?![\w.])", description), (name, key, text)
+
+
+# ------------------------------------------------------------------ seeds: mean +- std, verdicts, accuracy.json
+def test_accuracy_summary_is_the_flat_per_model_metrics_file(workspace):
+    summary = json.loads(workspace["paths"]["summary"].read_text())
+    records = {r["model"]: r for r in workspace["summary"]["records"]}
+    assert sorted(summary) == sorted(workspace["names"])
+    for name, entry in summary.items():
+        assert set(entry) == {"test_acc", "ci95_low", "ci95_high", "seed_std", "gap_pp"}
+        assert entry["test_acc"] == pytest.approx(records[name]["test_accuracy_pct"], abs=1e-4)
+        assert entry["ci95_low"] <= entry["test_acc"] <= entry["ci95_high"]
+        assert entry["seed_std"] is None                      # one seed: no spread to report
+
+
+@pytest.fixture(scope="module")
+def seeded(small_split, tmp_path_factory):
+    names, seeds = ["gaussian-nb", "sgd", "cnn-dropout-1"], (3, 5, 8)
+    root = tmp_path_factory.mktemp("publish-seeds")
+    paths = build_workspace(root, small_split, names, seeds)
+    return {"paths": paths, "names": names, "seeds": seeds, "summary": run_publish(paths, names, seeds=seeds)}
+
+
+def test_several_seeds_report_mean_and_std_over_the_runs(seeded):
+    paths, seeds = seeded["paths"], seeded["seeds"]
+    summary = json.loads(paths["summary"].read_text())
+    for rec in seeded["summary"]["records"]:
+        accs = [100 * io.read_json(paths["metrics"] / rec["model"] / f"seed-{s}.json")["test"]["accuracy"]
+                for s in seeds]
+        assert len(set(accs)) > 1, "the fixture must give each seed a different model"
+        assert rec["seeds"] == "3 5 8"
+        assert rec["test_accuracy_pct"] == pytest.approx(np.mean(accs))
+        assert rec["test_accuracy_std_pp"] == pytest.approx(np.std(accs, ddof=1))
+        assert summary[rec["model"]]["seed_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
+        # the verdict interval contains the Wilson CI and is wider by the seed spread
+        assert rec["verdict_low_pct"] < rec["ci95_low_pct"] <= rec["test_accuracy_pct"] <= rec["ci95_high_pct"] \
+            < rec["verdict_high_pct"]
+    md = (paths["out"] / "comparison.md").read_text()
+    assert "(3 seeds)" in md and "claim holds?" in md
+    hp_row = next(line for line in md.splitlines() if line.startswith("| sgd ") and "max_iter=" in line)
+    assert hp_row.rstrip(" |").endswith("3, 5, 8")
+
+
+def test_seed_spread_enters_the_claim_verdict(seeded):
+    results = publish.load_results(seeded["names"], seeded["paths"]["metrics"], seeded["paths"]["models"],
+                                   list(seeded["seeds"]))
+    r = results[0]
+    low, high = r.ci95
+    sd = r.accuracy_std
+    just_outside_ci = high + 0.5 * sd          # outside the Wilson CI, inside CI (+) 2 sd in quadrature
+    assert r.claim_holds(just_outside_ci) is True
+    assert r.claim_holds(r.verdict_interval[1] + 0.01) is False
+    single = publish.ModelResult(r.name, r.spec, r.runs[:1], r.y_true)   # one seed: the Wilson CI decides
+    test = r.runs[0].metrics["test"]
+    assert single.verdict_interval == (100 * test["accuracy_ci95_low"], 100 * test["accuracy_ci95_high"])
+    assert single.claim_holds(100 * test["accuracy_ci95_high"] + 0.01) is False
+    assert r.claim_holds(None) is None
+
+
+def test_a_missing_seed_run_is_named(seeded, tmp_path):
+    paths = {k: v for k, v in seeded["paths"].items()}
+    with pytest.raises(PipelineError, match=r"gaussian-nb-13 .*seed-13\.json missing"):
+        publish.load_results(["gaussian-nb"], paths["metrics"], paths["models"], [3, 13])

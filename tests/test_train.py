@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ TRAIN_JSON_KEYS = {"model", "family", "source", "train_time_s", "epochs", "devic
                    "stand_in_for"}
 
 
+@pytest.fixture(autouse=True)
+def isolated_checkpoints(tmp_path, monkeypatch):
+    """Keras checkpoints go to <cwd>/.checkpoints by default: keep each test's in its own tmp directory."""
+    monkeypatch.setattr(train, "CHECKPOINT_ROOT", tmp_path / ".checkpoints")
+
+
 @pytest.fixture(scope="module")
 def split_dir(small_split, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("split")
@@ -46,7 +53,7 @@ def split_dir(small_split, tmp_path_factory) -> Path:
 
 
 def params_for(name: str, **overrides) -> dict:
-    return {"train": {"models": [name], "seed": 0},
+    return {"train": {"models": [name], "seeds": [0]},
             "models": {name: {**shipped_hyperparams(name), **TINY[name], **overrides}}}
 
 
@@ -88,7 +95,7 @@ def test_keras_model_trains_and_follows_contract(name, split_dir, small_split, t
     assert meta["params_count"] == int(sum(np.prod(w.shape) for w in
                                            registry.load_keras(out / registry.KERAS_FILE).trainable_weights))
     assert meta["val_loss"] < np.log(10) and meta["val_accuracy"] > 0.15  # learned something (chance: 0.10)
-    assert not (tmp_path / "models" / ".ckpt").exists()  # checkpoint removed on success
+    assert not train.CHECKPOINT_ROOT.exists()  # checkpoint removed on success (and its empty parents)
     check_predictor(out, small_split, meta)
 
 
@@ -192,8 +199,9 @@ def test_resume_from_checkpoint(split_dir, tmp_path):
         train.run(name, split_dir, out, params, callbacks=[FailAfterFirstEpoch()], verbose=0)
     # atomic output: nothing half-written; the checkpoint holds epoch 1
     assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{name}")]
-    state = json.loads((train.checkpoint_dir_for(out) / train.CKPT_STATE).read_text())
+    assert not out.parent.exists() or not [p for p in out.parent.iterdir() if p.name.startswith(f".{name}")]
+    ckpt = train.run_dir(train.CHECKPOINT_ROOT, name, 0)
+    state = json.loads((ckpt / train.CKPT_STATE).read_text())
     assert state["epoch"] == 1 and len(state["history"]) == 1
 
     meta = train.run(name, split_dir, out, params, verbose=0)
@@ -202,12 +210,12 @@ def test_resume_from_checkpoint(split_dir, tmp_path):
     with open(out / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert float(rows[0]["loss"]) == pytest.approx(state["history"][0]["loss"])  # epoch 1 kept, not retrained
-    assert not train.checkpoint_dir_for(out).exists()
+    assert not ckpt.exists()
 
 
 def test_stale_checkpoint_is_ignored(split_dir, tmp_path):
     name, out = "paper-b-cnn", tmp_path / "m" / "paper-b-cnn"
-    ckpt = train.checkpoint_dir_for(out)
+    ckpt = train.run_dir(train.CHECKPOINT_ROOT, name, 0)
     ckpt.mkdir(parents=True)
     (ckpt / train.CKPT_STATE).write_text(json.dumps({"fingerprint": "other", "epoch": 1, "history": []}))
     meta = train.run(name, split_dir, out, params_for(name), verbose=0)
@@ -273,8 +281,46 @@ def test_cli(split_dir, tmp_path):
 
 
 def test_model_without_params_entry_is_a_clear_error(split_dir, tmp_path):
-    params = {"train": {"models": ["gaussian-nb"], "seed": 0}, "models": {}}
+    params = {"train": {"models": ["gaussian-nb"], "seeds": [0]}, "models": {}}
     with pytest.raises(PipelineError, match=r"models\.gaussian-nb") as err:
         train.run("gaussian-nb", split_dir, tmp_path / "models" / "gaussian-nb", params)
     assert "priors" in err.value.hint
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "ten", "`models.cnn-dropout-1.epochs` must be an integer, got 'ten'"),
+    ("filters", [32, "x"], "`models.cnn-dropout-1.filters` must be a list of an integer"),
+    ("dropout", True, "`models.cnn-dropout-1.dropout` must be a number, got True"),
+    ("learning_rate", 1, None),                       # YAML's 1 is a valid number
+])
+def test_hyperparameter_of_the_wrong_type_is_a_params_error(split_dir, tmp_path, key, value, message):
+    params = params_for("cnn-dropout-1", **{key: value})
+    if message is None:
+        registry.get("cnn-dropout-1").hyperparams(params["models"]["cnn-dropout-1"])
+        return
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        train.run("cnn-dropout-1", split_dir, tmp_path / "out", params, verbose=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_section_types_and_seeds_are_checked(split_dir, tmp_path):
+    for seeds, message in (("42", "`train.seeds` must be a list of an integer"), ([], "non-empty"),
+                           ([1, 1], "distinct"), ([1.5], "must be a list of an integer")):
+        params = {**params_for("gaussian-nb"), "train": {"models": ["gaussian-nb"], "seeds": seeds}}
+        with pytest.raises(PipelineError, match=re.escape(message)):
+            train.run("gaussian-nb", split_dir, tmp_path / "out", params)
+
+
+def test_cli_seed_selects_the_run_and_its_default_directory(split_dir, tmp_path):
+    import yaml
+
+    params = params_for("gaussian-nb")
+    params["train"]["seeds"] = [7, 8]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_cli("train", "--model", "gaussian-nb", "--seed", "8", "--data", str(split_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "models/gaussian-nb/seed-8/train.json").read_text())["seed"] == 8
+    proc = run_cli("train", "--model", "gaussian-nb", "--data", str(split_dir), cwd=tmp_path)   # first seed
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "models/gaussian-nb/seed-7/train.json").read_text())["seed"] == 7

@@ -33,6 +33,21 @@ BENCHMARK = "Xiao et al. 2017 benchmark"
 OURS = "ours"
 
 
+# The type of every hyperparameter name any builder reads (one meaning per name across models). Checked when
+# params.yaml is read, so a wrong value (a typo, or `dvc exp run -S models.x.epochs=ten`) is a params error
+# naming the key, not a crash deep inside Keras or scikit-learn.
+HYPERPARAMETER_TYPES: dict[str, Any] = {
+    "epochs": int, "batch_size": int, "learning_rate": float, "rho": float, "weight_decay": float,
+    "filters": list[int], "dense_units": int | list[int], "dropout": float, "dropout_conv": float | list[float],
+    "dropout_dense": float, "padding": str, "batch_norm_conv": list[bool], "augment": bool, "shift": float,
+    "label_smoothing": float, "test_time_flip": bool,
+    "C": float, "kernel": str, "cache_size": float, "train_eval_samples": int, "n_estimators": int,
+    "max_depth": int | None, "criterion": str, "n_jobs": int | None, "activation": str,
+    "hidden_layer_sizes": list[int], "max_iter": int, "n_neighbors": int, "p": float, "weights": str,
+    "l1_ratio": float, "solver": str, "loss": str, "penalty": str | None, "priors": list[float] | None,
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -63,6 +78,10 @@ class ModelSpec:
                 f"params.yaml: `models.{self.name}` lacks hyperparameter(s): {', '.join(missing)}",
                 hint=f"model `{self.name}` needs all of: {', '.join(self.hyperparameters)} "
                      "(see the shipped params.yaml for the published recipe's values)")
+        from pipeline.params import check_type
+
+        for key in self.hyperparameters:
+            check_type(values[key], HYPERPARAMETER_TYPES[key], f"models.{self.name}.{key}")
         return values
 
     def build(self, hp: Mapping[str, Any], *, seed: int = 42, steps_per_epoch: int | None = None,
@@ -254,6 +273,7 @@ _SPECS: list[ModelSpec] = [
               ("priors", *_SK)),
 ]
 _BY_NAME = {s.name: s for s in _SPECS}
+assert all(k in HYPERPARAMETER_TYPES for s in _SPECS for k in s.hyperparameters), "a hyperparameter without a type"
 
 
 def names() -> list[str]:
