@@ -195,12 +195,18 @@ def _first_error_line(text: str) -> str:
     ("models.decision-tree.max_depth=deep", {"models.decision-tree.max_depth": "deep"}),  # wrong type
 ])
 def test_set_param_override_fails_with_the_params_error_of_a_hand_edit(ws, override, edit):
+    last_good = {p: digest(ws / p) for p in ("models/decision-tree/seed-42/model.skops",
+                                             "plots/history/decision-tree/seed-42.csv", "accuracy.json")}
     try:
         set_params(ws, **edit)
         by_hand = run_dvc("repro", cwd=ws)
         assert by_hand.returncode != 0
-        git("checkout", "-q", "params.yaml", cwd=ws)
-        dvc_ok("checkout", "--force", cwd=ws)
+        # DVC deleted the failed stage's old (non-persistent) output; nothing half-written took its place...
+        assert not (ws / "models/decision-tree/seed-42").exists()
+        assert not list((ws / "models/decision-tree").glob(".*.tmp"))
+        # ...and `dvc checkout` + `git checkout` bring the last good outputs back, byte for byte.
+        back_to_head(ws)
+        assert {p: digest(ws / p) for p in last_good} == last_good
 
         via_s = run_dvc("exp", "run", "-S", override, cwd=ws)
         assert via_s.returncode != 0
@@ -265,7 +271,7 @@ def test_interrupted_keras_training_under_dvc_resumes_from_its_last_epoch(ws):
     checkpoint lives in .checkpoints/, so the rerun resumes instead of starting over."""
     ckpt_state = ws / ".checkpoints" / "cnn-dropout-1" / "seed-42" / "state.json"
     try:
-        set_params(ws, **{"train.models": ["cnn-dropout-1"], "models.cnn-dropout-1.epochs": 40,
+        set_params(ws, **{"train.models": ["cnn-dropout-1"], "models.cnn-dropout-1.epochs": 10,
                           "models.cnn-dropout-1.batch_size": 32})
         env = dvc_env()
         dvc = str(Path(sys.executable).parent / "dvc")
@@ -279,12 +285,12 @@ def test_interrupted_keras_training_under_dvc_resumes_from_its_last_epoch(ws):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         reached = json.loads(ckpt_state.read_text())["epoch"]
-        assert 2 <= reached < 40 and not (ws / "models/cnn-dropout-1/seed-42").exists()
+        assert 2 <= reached < 10 and not (ws / "models/cnn-dropout-1/seed-42").exists()
 
         rerun = dvc_ok("repro", "train@cnn-dropout-1-42", cwd=ws)
-        assert re.search(r"resuming from checkpoint after epoch (\d+)/40", rerun.stdout + rerun.stderr)
+        assert re.search(r"resuming from checkpoint after epoch (\d+)/10", rerun.stdout + rerun.stderr)
         meta = json.loads((ws / "models/cnn-dropout-1/seed-42/train.json").read_text())
-        assert meta["resumed_from_epoch"] >= reached and meta["epochs"] == 40
+        assert meta["resumed_from_epoch"] >= reached and meta["epochs"] == 10
         assert not (ws / ".checkpoints").exists()                   # removed on success
     finally:
         subprocess.run(["rm", "-rf", str(ws / ".checkpoints"), str(ws / "models/cnn-dropout-1"),
