@@ -8,33 +8,44 @@ validate, as the DAG runs them), corrupts the train CSV in one way, and runs the
 - the previous good outputs a later stage would consume must be byte-identical afterwards.
 
 Which stage catches what (by design): ingest rejects what cannot be typed as uint8 (non-integers,
-out-of-range values, ragged/truncated rows, BOM, CRLF, empty file, a header that is not a permutation
-of label,pixel1..pixel784). Empty/NaN cells become nulls and the gate rejects them; so do wrong column
-order, labels 10..255, missing classes, class imbalance and wrong row counts.
+out-of-range values, ragged/truncated rows, empty file, a header that is not a permutation of
+label,pixel1..pixel784) and files that are not UTF-8 text, naming what they are (UTF-16/UTF-32 text
+with the iconv command that converts it; gzip/zip/xlsx/Parquet/IDX/PNG/other binary files). Empty/NaN
+cells become nulls and the gate rejects them; so do wrong column order, labels 10..255, missing
+classes, class imbalance and wrong row counts.
+
+Standard CSV variants are *accepted* and give byte-identical Parquet: CRLF line endings (RFC 4180),
+CR-only line endings and a UTF-8 byte-order mark (Excel's "CSV UTF-8"), alone or combined.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
+import re
 import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline.cli import main as pipeline_main
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
+from pipeline.data import ingest as ingest_mod
 from pipeline.data.ingest import read_kaggle_csv
 from pipeline.errors import PipelineError
 from pipeline.schema import CSV_COLUMNS
 
-from tests.conftest import REPO, run_cli, write_csv_slice
+from tests.conftest import DEBIAN_IDX_DIR, REPO, run_cli, write_csv_slice
 
 TRAIN_ROWS, TEST_ROWS = 1000, 300
 TRAIN_CSV = "data/raw/fashion-mnist_train.csv"
@@ -179,12 +190,86 @@ def truncate_last_line(lines: Lines) -> bytes:
     return text[: len(text) - len(lines[-2]) // 2].encode()
 
 
-def with_bom(lines: Lines) -> bytes:
-    return b"\xef\xbb\xbf" + "\n".join(lines).encode()
+def as_written(lines: Lines) -> bytes:
+    """The file unchanged (LF line endings, no BOM)."""
+    return "\n".join(lines).encode()
 
 
-def with_crlf(lines: Lines) -> bytes:
-    return "\r\n".join(lines).encode()
+def crlf(corrupt: Callable[[Lines], bytes] = as_written) -> Callable[[Lines], bytes]:
+    """`corrupt`'s output with CRLF line endings (RFC 4180; what Windows tools write)."""
+    return lambda lines: corrupt(lines).replace(b"\n", b"\r\n")
+
+
+def cr_only(corrupt: Callable[[Lines], bytes] = as_written) -> Callable[[Lines], bytes]:
+    """`corrupt`'s output with CR-only line endings (classic Mac OS)."""
+    return lambda lines: corrupt(lines).replace(b"\n", b"\r")
+
+
+def bom(corrupt: Callable[[Lines], bytes] = as_written) -> Callable[[Lines], bytes]:
+    """`corrupt`'s output after a UTF-8 byte-order mark (what Excel's "CSV UTF-8" writes)."""
+    return lambda lines: b"\xef\xbb\xbf" + corrupt(lines)
+
+
+def encoded(codec: str, prefix: bytes = b"") -> Callable[[Lines], bytes]:
+    """The file re-encoded with a Python codec, e.g. 'utf-16' (with BOM) or 'utf-16-be' (none)."""
+    return lambda lines: prefix + "\n".join(lines).encode(codec)
+
+
+def gzipped(lines: Lines) -> bytes:
+    return gzip.compress("\n".join(lines).encode(), mtime=0)
+
+
+def zipped(lines: Lines) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("fashion-mnist_train.csv", "\n".join(lines))
+    return buf.getvalue()
+
+
+def xlsx_like(lines: Lines) -> bytes:
+    """A zip laid out like an .xlsx workbook (the parts ingest looks for; the rows as a sheet part)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        zf.writestr("xl/workbook.xml", '<?xml version="1.0"?><workbook/>')
+        zf.writestr("xl/worksheets/sheet1.csv", "\n".join(lines))
+    return buf.getvalue()
+
+
+def as_parquet(lines: Lines) -> bytes:
+    """The same real rows written as Parquet (what someone might hand over instead of the CSV)."""
+    buf = io.BytesIO()
+    pq.write_table(pacsv.read_csv(io.BytesIO("\n".join(lines).encode())), buf)
+    return buf.getvalue()
+
+
+def as_png(lines: Lines) -> bytes:
+    """The first real image of the slice as a PNG."""
+    from PIL import Image
+
+    pixels = np.array(lines[1].split(",")[1:], dtype=np.uint8).reshape(28, 28)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def idx_file(gzipped: bool) -> Callable[[Lines], bytes]:
+    """The official IDX labels file (Debian's .gz as it is, or decompressed) instead of the CSV."""
+    def corrupt(lines: Lines) -> bytes:
+        raw = (DEBIAN_IDX_DIR / "train-labels-idx1-ubyte.gz").read_bytes()
+        return raw if gzipped else gzip.decompress(raw)
+    return corrupt
+
+
+def random_bytes(lines: Lines) -> bytes:
+    """Arbitrary bytes (seeded), NULs included."""
+    return b"\x00" + np.random.default_rng(16).bytes(20_000)
+
+
+def nul_in_first_row(lines: Lines) -> bytes:
+    """A NUL byte inside the first data row (e.g. a download padded with zeros)."""
+    lines[1] = lines[1][:100] + "\x00" + lines[1][100:]
+    return "\n".join(lines).encode()
 
 
 def empty(lines: Lines) -> bytes:
@@ -223,8 +308,57 @@ INGEST_CASES = [
      [f"{TRAIN_CSV}: line {LAST}: row has", "expected 785 (truncated", "does not end with a newline"]),
     ("empty-file", empty, [f"{TRAIN_CSV}: file is empty"]),
     ("header-only", header_only, [f"{TRAIN_CSV}: the file has a header but no data rows"]),
-    ("bom", with_bom, [f"{TRAIN_CSV}: line 1 starts with a UTF-8 byte-order mark (BOM)"]),
-    ("crlf", with_crlf, [f"{TRAIN_CSV}: line 1 ends with CRLF (Windows line endings)", "dos2unix"]),
+    # Standard variants with one bad cell: line and column are still right (no stray \r, no BOM offset).
+    ("crlf-pixel-256-last-column", crlf(set_cell(6, "pixel784", "256")),
+     [f"{TRAIN_CSV}: line 8, column 'pixel784' (#785): value 256 is outside 0-255"]),
+    ("bom-label-256-first-row", bom(set_cell(0, "label", "256")),
+     [f"{TRAIN_CSV}: line 2, column 'label' (#1): value 256 is outside 0-255"]),
+    ("bom-crlf-text-cell", bom(crlf(set_cell(42, "pixel400", "white"))),
+     [f"{TRAIN_CSV}: line 44, column 'pixel400' (#401): 'white' is not an integer"]),
+    ("bom-crlf-ragged-row", bom(crlf(append_cell(40, "0"))),
+     [f"{TRAIN_CSV}: line 42: row has 786 fields, expected 785 (too long or ragged row)"]),
+    ("cr-only-pixel-256", cr_only(set_cell(6, "pixel12", "256")),
+     [f"{TRAIN_CSV}: line 8, column 'pixel12' (#13): value 256 is outside 0-255"]),
+    # Not UTF-8 text: the encoding is named, with the command that converts it.
+    ("utf-16-le-bom", encoded("utf-16-le", b"\xff\xfe"),
+     [f"{TRAIN_CSV}: is encoded as UTF-16 (little-endian, with a byte-order mark), not UTF-8",
+      "iconv -f UTF-16 -t UTF-8 fashion-mnist_train.csv > fashion-mnist_train.utf8.csv", "CSV UTF-8"]),
+    ("utf-16-be-bom", encoded("utf-16-be", b"\xfe\xff"),
+     [f"{TRAIN_CSV}: is encoded as UTF-16 (big-endian, with a byte-order mark), not UTF-8",
+      "iconv -f UTF-16 -t UTF-8"]),
+    ("utf-16-le-no-bom", encoded("utf-16-le"),
+     [f"{TRAIN_CSV}: is encoded as UTF-16 (little-endian, without a byte-order mark), not UTF-8",
+      "iconv -f UTF-16LE -t UTF-8"]),
+    ("utf-16-be-no-bom", encoded("utf-16-be"),
+     [f"{TRAIN_CSV}: is encoded as UTF-16 (big-endian, without a byte-order mark), not UTF-8",
+      "iconv -f UTF-16BE -t UTF-8"]),
+    ("utf-32-le-bom", encoded("utf-32"),
+     [f"{TRAIN_CSV}: is encoded as UTF-32 (little-endian, with a byte-order mark), not UTF-8",
+      "iconv -f UTF-32 -t UTF-8"]),
+    # Binary files: called what they are.
+    ("gzip-csv", gzipped, [f"{TRAIN_CSV}: is a gzip-compressed CSV, not a plain-text CSV", "gunzip -c"]),
+    ("zip-archive", zipped,
+     [f"{TRAIN_CSV}: is a zip archive (1 member(s): fashion-mnist_train.csv), not a CSV", "unzip"]),
+    ("xlsx-workbook", xlsx_like,
+     [f"{TRAIN_CSV}: is an Excel .xlsx workbook (a zip archive), not a CSV", 'save it as "CSV UTF-8']),
+    ("parquet-file", as_parquet, [f"{TRAIN_CSV}: is a Parquet file, not a CSV", "write_csv"]),
+    ("png-image", as_png, [f"{TRAIN_CSV}: is a PNG image, not a CSV"]),
+    ("idx-file", idx_file(gzipped=False),
+     [f"{TRAIN_CSV}: is an IDX file (the official Fashion-MNIST binary format), not a CSV",
+      "point params.yaml fetch.source at the directory holding the four official IDX files"]),
+    ("idx-gz-file", idx_file(gzipped=True),
+     [f"{TRAIN_CSV}: is a gzip-compressed IDX file", "fetch.source at the directory"]),
+    ("random-bytes", random_bytes,
+     [f"{TRAIN_CSV}: is a binary file (it contains NUL bytes in its first 8,192 bytes), not a text CSV"]),
+    ("nul-byte-in-csv", nul_in_first_row, [f"{TRAIN_CSV}: is a binary file (it contains NUL bytes"]),
+]
+
+# Standard CSV variants: accepted, with the same Parquet bytes as the LF file.
+VARIANTS = [
+    pytest.param(crlf(), id="crlf"),
+    pytest.param(bom(), id="bom"),
+    pytest.param(bom(crlf()), id="bom-crlf"),
+    pytest.param(cr_only(), id="cr-only"),
 ]
 
 VALIDATE_CASES = [
@@ -262,6 +396,98 @@ def test_ingest_rejects_and_keeps_previous_outputs(workspace, corruption, expect
     assert snapshot(workspace) == before
     assert visible(workspace / "data/interim") == ["test.parquet", "train.parquet"]
     assert visible(workspace / "data/validation") == ["docs", "report.json"]
+
+
+def test_random_bytes_case_is_not_mistaken_for_a_known_format():
+    """The seeded bytes of the random-bytes case start with no magic number and no UTF-16/32 pattern."""
+    from pipeline.data.ingest import MAGIC, text_encoding
+
+    head = random_bytes([])[:8192]
+    assert text_encoding(head) is None
+    assert not any(head.startswith(m) for m, _, _ in MAGIC)
+
+
+# ------------------------------------------------------------------------- accepted CSV variants
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ingest_accepts_standard_csv_variants_with_identical_parquet(workspace, fmnist, variant):
+    """CRLF / BOM / BOM+CRLF / CR-only copies of the real slice (both splits): exit 0, no warning, and the
+    Parquet files are byte-identical to the ones ingest wrote from the LF files."""
+    before = snapshot(workspace)
+    lf_parquet = {k: v for k, v in before.items() if k.startswith("data/interim/")}
+    assert sorted(lf_parquet) == ["data/interim/test.parquet", "data/interim/train.parquet"]
+    for name in ("fashion-mnist_train.csv", "fashion-mnist_test.csv"):
+        path = workspace / "data/raw" / name
+        path.write_bytes(variant(path.read_text().split("\n")))
+    proc = run_cli(*INGEST, cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr and "error" not in proc.stderr
+    after = snapshot(workspace)
+    assert {k: after[k] for k in lf_parquet} == lf_parquet
+    x, y = fmnist["train"]
+    assert read_kaggle_csv(workspace / TRAIN_CSV).equals(to_kaggle_table(x[:TRAIN_ROWS], y[:TRAIN_ROWS]))
+
+
+def test_full_test_set_with_bom_and_crlf_gives_the_same_parquet_bytes(tmp_path, fmnist):
+    """10,000 rows span several 4 MiB read blocks, whose boundaries differ between the LF and CRLF files;
+    the table and the Parquet bytes must not."""
+    xt, yt = fmnist["test"]
+    lf = tmp_path / "lf.csv"
+    write_kaggle_csv(to_kaggle_table(xt, yt), lf)
+    variant = tmp_path / "bom-crlf.csv"
+    variant.write_bytes(b"\xef\xbb\xbf" + lf.read_bytes().replace(b"\n", b"\r\n"))
+    tables = {p: read_kaggle_csv(p) for p in (lf, variant)}
+    assert tables[lf].equals(to_kaggle_table(xt, yt)) and tables[variant].equals(tables[lf])
+    for path, table in tables.items():
+        ingest_mod.write_parquet(table, path.with_suffix(".parquet"))
+    assert lf.with_suffix(".parquet").read_bytes() == variant.with_suffix(".parquet").read_bytes()
+
+
+def test_fetch_passes_crlf_bom_csvs_through_and_ingest_accepts_them(workspace, good_workspace, fmnist):
+    """A fetch.source directory of BOM+CRLF Kaggle CSVs: fetch copies them byte for byte (also the first
+    max_rows lines, CRLF kept), and ingest turns them into the same Parquet as the LF files."""
+    source = workspace / "windows-export"
+    source.mkdir()
+    for name in ("fashion-mnist_train.csv", "fashion-mnist_test.csv"):
+        lines = (good_workspace / "data/raw" / name).read_text().split("\n")
+        (source / name).write_bytes(bom(crlf())(lines))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["fetch"]["source"] = str(source)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lf_parquet = {k: v for k, v in snapshot(good_workspace).items() if k.startswith("data/interim/")}
+
+    proc = run_cli("fetch", "--params", "params.yaml", "--out", "data/raw", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("fashion-mnist_train.csv", "fashion-mnist_test.csv"):
+        assert (workspace / "data/raw" / name).read_bytes() == (source / name).read_bytes()
+    proc = run_cli(*INGEST, cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot(workspace)
+    assert {k: after[k] for k in lf_parquet} == lf_parquet
+
+    params["fetch"]["max_rows"] = 30
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cli("fetch", "--params", "params.yaml", "--out", "data/raw", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    head = (source / "fashion-mnist_train.csv").read_bytes().splitlines(keepends=True)[:31]
+    assert (workspace / TRAIN_CSV).read_bytes() == b"".join(head) and head[-1].endswith(b"\r\n")
+    x, y = fmnist["train"]
+    assert read_kaggle_csv(workspace / TRAIN_CSV).equals(to_kaggle_table(x[:30], y[:30]))
+
+
+@pytest.mark.parametrize("codec,prefix", [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b""), ("utf-32-le", b"")])
+def test_utf16_hint_command_converts_to_an_accepted_csv(tmp_path, fmnist, codec, prefix):
+    """The iconv command in the UTF-16/32 hint, run as printed, yields a CSV that ingests to the same table."""
+    paths = write_csv_slice(fmnist, tmp_path, 50, 1)
+    path = paths["train"]
+    path.write_bytes(prefix + path.read_text().encode(codec))
+    with pytest.raises(PipelineError) as info:
+        read_kaggle_csv(path)
+    command = re.search(r"`(iconv [^`]+)`", info.value.hint).group(1)
+    if shutil.which("iconv") is None:
+        pytest.skip("iconv is not installed")
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    x, y = fmnist["train"]
+    assert read_kaggle_csv(tmp_path / "fashion-mnist_train.utf8.csv").equals(to_kaggle_table(x[:50], y[:50]))
 
 
 @pytest.mark.parametrize("corruption,expected", [pytest.param(c, e, id=i) for i, c, e in VALIDATE_CASES])
