@@ -27,6 +27,7 @@ STAGES = {
     "train": ("pipeline.train", "train one registered model"),
     "evaluate": ("pipeline.evaluate", "evaluate one trained model on the official test set"),
     "publish": ("pipeline.publish", "comparison tables (ours vs published) and plots"),
+    "profile": ("pipeline.data.profile", "rebuild the data gate's reference profile from the official files"),
 }
 
 

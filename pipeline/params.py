@@ -127,6 +127,16 @@ class ValidateParams:
     class_share_tolerance: float = 0.02
     # How many offending rows/columns a failure message lists.
     max_examples: int = 5
+    # Content checks (pipeline.data.content). Each `max_share` is the largest share of a split's rows allowed;
+    # `on_exceed` is "fail" (the gate rejects the data, exit 3) or "warn" (reported; the data pass).
+    duplicates: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.001, "on_exceed": "fail"})
+    test_in_train: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.0, "on_exceed": "fail"})
+    near_duplicates: dict[str, Any] = field(
+        default_factory=lambda: {"max_rms": 0.05, "max_share": 0.01, "on_exceed": "warn"})
+    degenerate_images: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.001, "on_exceed": "fail"})
+    drift: dict[str, Any] = field(default_factory=lambda: {
+        "reference": "pipeline/data/fashion_mnist_profile.json", "min_class_rows": 150, "max_pixel_js": 0.15,
+        "max_mean_image_rmse": 0.08, "max_intensity_psi": 0.5, "on_exceed": "fail"})
 
 
 @dataclass(frozen=True)

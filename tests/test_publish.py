@@ -361,3 +361,11 @@ def test_a_missing_seed_run_is_named(seeded, tmp_path):
     paths = {k: v for k, v in seeded["paths"].items()}
     with pytest.raises(PipelineError, match=r"gaussian-nb-13 .*seed-13\.json missing"):
         publish.load_results(["gaussian-nb"], paths["metrics"], paths["models"], [3, 13])
+
+
+def test_near_duplicate_caveat_is_the_measured_figure_with_the_literature_beside_it():
+    measured = publish.near_duplicate_sentence({"count": 49, "share": 0.0049, "max_rms": 0.05})
+    assert "0.49% of the test images (49)" in measured and "RMS pixel difference 0.05" in measured
+    assert "5.98%" in measured and "literature" in measured
+    unmeasured = publish.near_duplicate_sentence(None)
+    assert "not measured" in unmeasured and "0.49" not in unmeasured

@@ -12,6 +12,14 @@ expectations run on those. A single bad cell among the 47M still fails a row's a
 - `classes`    one row per class 0..9: class, name, count, share
                -> every class present, share within 0.1 +- class_share_tolerance
 
+Content (pipeline.data.content computes it with numpy; these frames carry it into the same GX suite):
+- `content`    one row per image: row, duplicate_of (an earlier identical row or -1), degenerate ("", blank,
+               constant, saturated) and, for the test split, in_train / near_train (a training row identical to it / within the
+               near-duplicate distance, or -1) and near_rms
+               -> at most `max_share` of the rows each (GX `mostly`); severity from `on_exceed`
+- `drift`      one row per class: rows, pixel_js, mean_image_rmse, intensity_psi against the reference
+               profile (null for classes too small to judge) -> each under its limit
+
 NaN floats count as nulls (Arrow keeps them apart; we do not). Row numbers are 0-based positions in
 the Parquet file, which keeps the CSV's order: CSV line = row + 2.
 
@@ -44,7 +52,11 @@ PIXEL_MIN, PIXEL_MAX = 0, 255
 ROW_HINT = "rows are 0-based positions in the Parquet file (= CSV line - 2)"
 
 # frame -> the column GX reports offending entries by
-INDEX_COLUMN = {"rows": "row", "per_column": "column", "classes": "class"}
+INDEX_COLUMN = {"rows": "row", "per_column": "column", "classes": "class", "content": "row", "drift": "class"}
+CONTENT_LIMITS = ("duplicates", "test_in_train", "near_duplicates", "degenerate_images", "drift")
+DRIFT_STATISTICS = {"pixel_js": ("max_pixel_js", "pixel-value histogram Jensen-Shannon distance"),
+                    "mean_image_rmse": ("max_mean_image_rmse", "mean-image RMS difference"),
+                    "intensity_psi": ("max_intensity_psi", "per-image intensity PSI")}
 
 
 # ----------------------------------------------------------------------------------- summaries (pure)
@@ -54,6 +66,7 @@ class Summaries:
 
     table: pa.Table
     frames: dict[str, Any]  # name -> pandas.DataFrame
+    images: Any = None      # the (N, 784) uint8 pixels once content_frames has extracted them
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -146,6 +159,59 @@ def summarise(data: Any) -> Summaries:
     return Summaries(table=table, frames=frames)
 
 
+def content_frames(summ: Summaries, params: ValidateParams, train_images: np.ndarray | None = None,
+                   profile: dict | None = None) -> dict[str, Any]:
+    """Add the `content` and `drift` frames to summ.frames; return the content summary for the report.
+
+    train_images: the training split's (N, 784) pixels, given when this split is the test split (leakage
+    checks). profile: the reference profile (drift). A table that fails the format checks (nulls, wrong
+    columns, values outside 0..255) gets empty content frames: its format failures already stop the gate."""
+    import pandas as pd
+
+    from pipeline.data import content
+
+    n = summ.table.num_rows
+    x, y = content.image_matrix(summ.table), content.labels_of(summ.table)
+    frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "duplicate_of": np.full(n, -1, np.int64),
+                          "degenerate": np.full(n, "", object), "in_train": np.full(n, -1, np.int64),
+                          "near_train": np.full(n, -1, np.int64), "near_rms": np.full(n, np.nan)})
+    drift_rows = [{"class": c, "name": name, "rows": 0, "pixel_js": None, "mean_image_rmse": None,
+                   "intensity_psi": None, "looks_like": ""} for c, name in enumerate(CLASS_NAMES)]
+    summary: dict[str, Any] = {}
+    if x is None or y is None:
+        summary["skipped"] = "the format checks failed, so the content was not judged"
+    else:
+        summ.images = x
+        frame["duplicate_of"] = content.duplicate_of(x)
+        frame["degenerate"] = content.degenerate_kind(x)
+        summary.update({"duplicates": int((frame["duplicate_of"] >= 0).sum()),
+                        "degenerate_images": {kind: int(c) for kind, c in
+                                              frame["degenerate"][frame["degenerate"] != ""].value_counts().items()}})
+        if train_images is not None:
+            max_rms = float(params.near_duplicates["max_rms"])
+            frame["in_train"] = content.found_in(x, train_images)
+            near, rms = content.nearest_within(x, train_images, max_rms)
+            frame["near_train"], frame["near_rms"] = near, rms
+            n_near = int((near >= 0).sum())
+            summary["test_in_train"] = int((frame["in_train"] >= 0).sum())
+            closest = np.flatnonzero(near >= 0)
+            closest = closest[np.argsort(rms[closest], kind="stable")]
+            closest = np.concatenate([closest[:4], closest[4:][-4:]])   # the closest, and the farthest still within
+            summary["near_duplicates"] = {
+                "count": n_near, "share": n_near / n if n else 0.0, "max_rms": max_rms,
+                "method": "nearest training image by RMS pixel difference on the 0..1 scale (PCA-filtered "
+                          "candidates, confirmed on all 784 pixels)",
+                "closest_pairs": [{"row": int(i), "train_row": int(near[i]), "rms": round(float(rms[i]), 4)}
+                                  for i in closest]}
+        if profile is not None:
+            drift_rows = content.drift(x, y, profile, int(params.drift["min_class_rows"]))
+            summary["drift"] = {"reference": str(params.drift["reference"]), "classes": drift_rows}
+    summ.frames["content"] = frame
+    summ.frames["drift"] = pd.DataFrame(drift_rows, columns=["class", "name", "rows", "pixel_js", "mean_image_rmse",
+                                                             "intensity_psi", "looks_like"])
+    return summary
+
+
 # ------------------------------------------------------------------------------------- expectations
 def check_params(params: ValidateParams, splits: tuple[str, ...] = SPLITS) -> None:
     missing = [s for s in splits if s not in (params.expected_rows or {})]
@@ -163,6 +229,28 @@ def check_params(params: ValidateParams, splits: tuple[str, ...] = SPLITS) -> No
     if not isinstance(params.max_examples, int) or params.max_examples < 1:
         raise PipelineError(
             f"params.yaml: validate.max_examples must be a positive integer, got {params.max_examples!r}")
+    numeric = {"max_share": (0, 1), "max_rms": (0, 1), "min_class_rows": (1, None), "max_pixel_js": (0, 1),
+               "max_mean_image_rmse": (0, 1), "max_intensity_psi": (0, None)}
+    required = {"duplicates": {"max_share"}, "test_in_train": {"max_share"}, "degenerate_images": {"max_share"},
+                "near_duplicates": {"max_share", "max_rms"},
+                "drift": {"reference", "min_class_rows", "max_pixel_js", "max_mean_image_rmse", "max_intensity_psi"}}
+    for name in CONTENT_LIMITS:
+        limit = getattr(params, name)
+        keys = required[name] | {"on_exceed"}
+        if not isinstance(limit, dict) or set(limit) != keys:
+            raise PipelineError(f"params.yaml: validate.{name} must be a mapping with exactly the keys "
+                                f"{', '.join(sorted(keys))}, got {limit!r}")
+        if limit["on_exceed"] not in ("fail", "warn"):
+            raise PipelineError(f"params.yaml: validate.{name}.on_exceed must be fail or warn, "
+                                f"got {limit['on_exceed']!r}")
+        for key, (lo, hi) in numeric.items():
+            if key in limit:
+                value = limit[key]
+                if (not isinstance(value, (int, float)) or isinstance(value, bool) or value < lo
+                        or (hi is not None and value > hi)):
+                    bounds = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                    raise PipelineError(f"params.yaml: validate.{name}.{key} must be a number in {bounds}, "
+                                        f"got {value!r}")
 
 
 def share_bounds(params: ValidateParams) -> tuple[float, float]:
@@ -170,8 +258,18 @@ def share_bounds(params: ValidateParams) -> tuple[float, float]:
     return round(1 / N_CLASSES - tol, 10), round(1 / N_CLASSES + tol, 10)
 
 
-def build_expectations(split: str, params: ValidateParams) -> dict[str, list]:
-    """frame name -> the GX expectations run on it. `meta.check` names each check in the report."""
+def _severity(limit: dict) -> str:
+    return "critical" if limit["on_exceed"] == "fail" else "warning"
+
+
+def _mostly(limit: dict) -> float:
+    return round(1.0 - float(limit["max_share"]), 12)
+
+
+def build_expectations(split: str, params: ValidateParams, cross_split: bool = False) -> dict[str, list]:
+    """frame name -> the GX expectations run on it. `meta.check` names each check in the report.
+
+    cross_split: the test split is judged against the training split too (leakage checks)."""
     import great_expectations as gx
 
     E = gx.expectations
@@ -180,6 +278,36 @@ def build_expectations(split: str, params: ValidateParams) -> dict[str, list]:
     def m(check: str, description: str) -> dict:
         return {"check": check, "description": description}
 
+    def share(limit: dict) -> str:
+        return f"at most {100 * float(limit['max_share']):g}% of the rows"
+
+    dup, deg, near, leak, drift = (params.duplicates, params.degenerate_images, params.near_duplicates,
+                                   params.test_in_train, params.drift)
+    content_rows = [
+        E.ExpectColumnValuesToBeInSet(column="duplicate_of", value_set=[-1], mostly=_mostly(dup),
+                                      severity=_severity(dup),
+                                      meta=m("duplicates", f"images repeated exactly within the split: {share(dup)}")),
+        E.ExpectColumnValuesToBeInSet(column="degenerate", value_set=[""], mostly=_mostly(deg),
+                                      severity=_severity(deg),
+                                      meta=m("degenerate_images", f"blank, constant or saturated images: {share(deg)}")),
+    ]
+    if cross_split:
+        content_rows += [
+            E.ExpectColumnValuesToBeInSet(column="in_train", value_set=[-1], mostly=_mostly(leak),
+                                          severity=_severity(leak),
+                                          meta=m("test_in_train", f"test images identical to a training image: "
+                                                                  f"{share(leak)}")),
+            E.ExpectColumnValuesToBeInSet(column="near_train", value_set=[-1], mostly=_mostly(near),
+                                          severity=_severity(near),
+                                          meta=m("near_duplicates", f"test images within RMS pixel difference "
+                                                                    f"{near['max_rms']:g} of a training image: "
+                                                                    f"{share(near)}")),
+        ]
+    drift_checks = [
+        E.ExpectColumnValuesToBeBetween(column=column, max_value=float(drift[key]), severity=_severity(drift),
+                                        meta=m(f"drift_{column}", f"{what} vs the reference profile <= "
+                                                                  f"{drift[key]:g} per class"))
+        for column, (key, what) in DRIFT_STATISTICS.items()]
     return {
         "columns": [
             E.ExpectTableColumnsToMatchOrderedList(
@@ -215,6 +343,8 @@ def build_expectations(split: str, params: ValidateParams) -> dict[str, list]:
             E.ExpectColumnValuesToBeBetween(column="share", min_value=lo, max_value=hi,
                                             meta=m("class_share", f"each class's share in {lo:g}..{hi:g}")),
         ],
+        "content": content_rows,
+        "drift": drift_checks,
     }
 
 
@@ -421,7 +551,72 @@ def explain(split: str, check: str, result: dict, summ: Summaries, params: Valid
                          for e in examples)
         return (f"{split}: {count} class share(s) outside {lo:g}..{hi:g}: {text}",
                 {"unexpected_count": count}, examples)
+    if check in ("duplicates", "degenerate_images", "test_in_train", "near_duplicates"):
+        return _explain_content(split, check, result, summ, params)
+    if check.startswith("drift_"):
+        return _explain_drift(split, check[len("drift_"):], result, summ, params)
     return f"{split}: expectation {check} failed", _plain(result), []
+
+
+def _explain_content(split: str, check: str, result: dict, summ: Summaries,
+                     params: ValidateParams) -> tuple[str, Any, list]:
+    frame, k = summ.frames["content"], params.max_examples
+    n = len(frame)
+    limit = getattr(params, check)
+    column = {"duplicates": "duplicate_of", "degenerate_images": "degenerate", "test_in_train": "in_train",
+              "near_duplicates": "near_train"}[check]
+    hit = frame[frame[column] != (-1 if column != "degenerate" else "")]
+    count = len(hit)
+    head = (f"{split}: {count} of {n} images ({100 * count / max(n, 1):.2f}%, limit "
+            f"{100 * float(limit['max_share']):g}%)")
+    rows = hit.head(k)
+    if check == "duplicates":
+        examples = [{"row": int(r.row), "same_as_row": int(r.duplicate_of)} for r in rows.itertuples()]
+        text = ", ".join(f"row {e['row']} = row {e['same_as_row']}" for e in examples)
+        msg = f"{head} repeat an earlier image exactly: {text}"
+    elif check == "degenerate_images":
+        examples = [{"row": int(r.row), "kind": r.degenerate} for r in rows.itertuples()]
+        kinds = hit["degenerate"].value_counts()
+        msg = (f"{head} are degenerate ({', '.join(f'{c} {kind}' for kind, c in kinds.items())}): "
+               + ", ".join(f"row {e['row']} {e['kind']}" for e in examples))
+    elif check == "test_in_train":
+        examples = [{"row": int(r.row), "train_row": int(r.in_train)} for r in rows.itertuples()]
+        msg = (f"{head} are identical to a training image (the test set leaks into training): "
+               + ", ".join(f"test row {e['row']} = train row {e['train_row']}" for e in examples))
+    else:
+        examples = [{"row": int(r.row), "train_row": int(r.near_train), "rms": round(float(r.near_rms), 4)}
+                    for r in rows.itertuples()]
+        msg = (f"{head} lie within RMS pixel difference {float(limit['max_rms']):g} of a training image: "
+               + ", ".join(f"test row {e['row']} ~ train row {e['train_row']} ({e['rms']:.3f})" for e in examples))
+    if limit["on_exceed"] == "warn":
+        msg += " [warning]"
+    return msg, {"unexpected_count": count, "share": count / max(n, 1)}, examples
+
+
+def _explain_drift(split: str, column: str, result: dict, summ: Summaries,
+                   params: ValidateParams) -> tuple[str, Any, list]:
+    drift = summ.frames["drift"]
+    key, what = DRIFT_STATISTICS[column]
+    limit = float(params.drift[key])
+    bad = drift[drift[column].notna() & (drift[column] > limit)].sort_values(column, ascending=False)
+    examples = [{"class": int(r["class"]), "name": r["name"], column: round(float(r[column]), 4),
+                 "looks_like": r["looks_like"]} for _, r in bad.iterrows()]
+    shown = examples[:params.max_examples]
+    text = "; ".join(f"'{e['name']}' {e[column]:.3f}" for e in shown) + (" ..." if len(examples) > len(shown) else "")
+    from pipeline.data.content import LOOKS_LIKE_CLASS
+
+    guesses = sorted({e["looks_like"] for e in examples
+                      if e["looks_like"] and not e["looks_like"].startswith(LOOKS_LIKE_CLASS)})
+    swapped = [f"'{e['name']}' looks like '{e['looks_like'][len(LOOKS_LIKE_CLASS):]}'" for e in examples
+               if e["looks_like"].startswith(LOOKS_LIKE_CLASS)]
+    if swapped:
+        guesses.append(f"labels permuted ({', '.join(swapped[:3])}{' ...' if len(swapped) > 3 else ''})")
+    msg = (f"{split}: {what} above {limit:g} in {len(examples)} of {int(drift[column].notna().sum())} classes "
+           f"judged, against the reference profile {params.drift['reference']}: {text}"
+           + (f"; the data look like: {'; '.join(guesses)}" if guesses else ""))
+    if params.drift["on_exceed"] == "warn":
+        msg += " [warning]"
+    return msg, {"unexpected_count": len(examples)}, examples
 
 
 def _observed(result: dict) -> dict:
@@ -442,13 +637,16 @@ class SplitResult:
     success: bool
     expectations: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    images: Any = field(default=None, repr=False)   # (N, 784) pixels for the examples grid; not in the report
 
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "rows": self.rows, "columns": self.columns,
                 "expectations_total": len(self.expectations),
                 "expectations_failed": sum(not e["success"] for e in self.expectations),
-                "summary": self.summary, "failures": self.failures, "expectations": self.expectations}
+                "summary": self.summary, "failures": self.failures, "warnings": self.warnings,
+                "expectations": self.expectations}
 
 
 def _summary_numbers(summ: Summaries) -> dict[str, Any]:
@@ -461,20 +659,24 @@ def _summary_numbers(summ: Summaries) -> dict[str, Any]:
     }
 
 
-def _validate_one(runner: GxRunner, data: Any, split: str, params: ValidateParams) -> SplitResult:
+def _validate_one(runner: GxRunner, data: Any, split: str, params: ValidateParams,
+                  train_images: np.ndarray | None = None, profile: dict | None = None) -> SplitResult:
     summ = summarise(data)
-    expectations = build_expectations(split, params)
+    content_summary = content_frames(summ, params, train_images, profile)
+    expectations = build_expectations(split, params, cross_split=train_images is not None)
     checks: list[dict] = []
     failures: list[str] = []
+    warnings: list[str] = []
     for frame, exps in expectations.items():
         validation = runner.run(split, frame, summ.frames[frame], exps, params.max_examples)
         for res in validation.results:
             config, result = res.expectation_config, res.result or {}
             meta = config.meta or {}
             kwargs = {k: _plain(v) for k, v in config.kwargs.items() if k not in ("batch_id", "column_list")}
+            severity = str(getattr(config, "severity", "critical") or "critical").split(".")[-1].lower()
             entry = {"name": meta.get("check", config.type), "description": meta.get("description"),
                      "expectation": config.type, "frame": frame, "kwargs": kwargs, "success": bool(res.success),
-                     "observed": _observed(result), "examples": []}
+                     "severity": severity, "observed": _observed(result), "examples": []}
             if res.exception_info and res.exception_info.get("raised_exception"):
                 entry["error"] = str(res.exception_info.get("exception_message"))
                 failures.append(f"{split}: expectation {entry['name']} could not run: {entry['error']}")
@@ -483,18 +685,20 @@ def _validate_one(runner: GxRunner, data: Any, split: str, params: ValidateParam
                 entry["observed"].update(_plain(observed) if isinstance(observed, dict) else {"detail": observed})
                 entry["examples"] = _plain(examples)
                 entry["message"] = message
-                failures.append(message)
+                (warnings if severity == "warning" else failures).append(message)
             checks.append(entry)
     return SplitResult(split=split, rows=summ.table.num_rows, columns=summ.table.num_columns,
-                       success=not failures and all(c["success"] for c in checks),
-                       expectations=checks, failures=failures, summary=_summary_numbers(summ))
+                       success=not failures and all(c["success"] or c["severity"] == "warning" for c in checks),
+                       expectations=checks, failures=failures, warnings=warnings,
+                       summary={**_summary_numbers(summ), "content": _plain(content_summary)},
+                       images=summ.images)
 
 
 def validate_table(data: Any, split: str, params: ValidateParams | None = None) -> SplitResult:
     """Validate one split's table (pyarrow Table or pandas DataFrame). Pure: writes nothing."""
     params = params or ValidateParams()
     check_params(params, (split,))
-    return _validate_one(GxRunner(), data, split, params)
+    return _validate_one(GxRunner(), data, split, params, profile=load_reference(params))
 
 
 def validate_tables(tables: Mapping[str, Any], params: ValidateParams | None = None,
@@ -502,10 +706,74 @@ def validate_tables(tables: Mapping[str, Any], params: ValidateParams | None = N
     """Validate every split; return the report dict. With docs_dir, GX Data Docs are built there."""
     params = params or ValidateParams()
     check_params(params, tuple(tables))
+    profile = load_reference(params)
     runner = GxRunner(docs_dir)
-    results = {split: _validate_one(runner, data, split, params) for split, data in tables.items()}
+    results: dict[str, SplitResult] = {}
+    for split, data in tables.items():
+        # The test split is also judged against the training split (leakage), when both are here.
+        train_images = results["train"].images if split == "test" and "train" in results else None
+        results[split] = _validate_one(runner, data, split, params, train_images, profile)
     runner.build_docs()
+    if docs_dir is not None and "test" in results and "train" in results:
+        write_examples_grid(results["test"], results["train"], Path(docs_dir) / EXAMPLES_GRID, params.max_examples)
     return make_report(results)
+
+
+EXAMPLES_GRID = "near_duplicates.png"
+
+
+def load_reference(params: ValidateParams) -> dict:
+    """The reference profile; a relative path is looked up in the working directory (the repository root under
+    DVC), then beside the installed package, where the shipped profile lives."""
+    import pipeline
+    from pipeline.data.content import load_profile
+
+    path = Path(params.drift["reference"])
+    if not path.is_absolute() and not path.exists():
+        installed = Path(pipeline.__file__).resolve().parent.parent / path
+        path = installed if installed.exists() else path
+    return load_profile(path)
+
+
+def write_examples_grid(test: SplitResult, train: SplitResult, path: Path, max_pairs: int) -> Path | None:
+    """A PNG of the closest test/train pairs (test image left, its training neighbour right, RMS difference
+    below), exact copies first. Drawn with Pillow: matplotlib's import alone would cost the gate a second."""
+    from PIL import Image, ImageDraw
+
+    if test.images is None or train.images is None:
+        return None
+    near = [e for e in test.expectations if e["name"] in ("test_in_train", "near_duplicates")]
+    pairs = []
+    for e in near:
+        for ex in e.get("examples") or []:
+            pairs.append((ex["row"], ex["train_row"], ex.get("rms", 0.0)))
+    if not pairs:   # nothing over a limit: show the closest pairs anyway, so the figure is always there
+        closest = test.summary.get("content", {}).get("near_duplicates", {}).get("closest_pairs", [])
+        pairs = [(p["row"], p["train_row"], p["rms"]) for p in closest]
+    pairs = sorted(dict.fromkeys(pairs), key=lambda p: p[2])[:max(max_pairs, 8)]
+    scale, pad, label = 3, 6, 14
+    cell = 28 * scale
+    width = 2 * cell + 3 * pad
+    canvas = Image.new("L", (max(width * max(len(pairs), 1), 200), cell + 2 * pad + label + 16), 255)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), "test | nearest training image (RMS pixel difference)" if pairs else
+              "no test image lies within the near-duplicate distance of a training image", fill=0)
+    for i, (t_row, tr_row, rms) in enumerate(pairs):
+        x0 = i * width + pad
+        for j, img in enumerate((test.images[t_row], train.images[tr_row])):
+            tile = Image.fromarray(img.reshape(28, 28)).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (x0 + j * (cell + pad), 16 + pad))
+        draw.text((x0, 16 + pad + cell + 2), f"t{t_row}/tr{tr_row} {rms:.3f}", fill=0)
+    io.write_bytes(path, _png_bytes(canvas))
+    return path
+
+
+def _png_bytes(image) -> bytes:
+    import io as _stdio
+
+    buf = _stdio.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def render_summary_html(report: dict[str, Any]) -> str:
@@ -526,6 +794,14 @@ def render_summary_html(report: dict[str, Any]) -> str:
     ]
     if report["failures"]:
         parts.append("<ul>" + "".join(f"<li class='bad'>{escape(m)}</li>" for m in report["failures"]) + "</ul>")
+    if report.get("warnings"):
+        parts.append("<ul>" + "".join(f"<li>warning: {escape(m)}</li>" for m in report["warnings"]) + "</ul>")
+    near = report["splits"].get("test", {}).get("summary", {}).get("content", {}).get("near_duplicates")
+    if near:
+        parts.append(f"<h2>Train/test near-duplicates</h2><p>{near['count']} test images "
+                     f"({100 * near['share']:.2f}%) have a training image within RMS pixel difference "
+                     f"{near['max_rms']:g} ({escape(near['method'])}).</p>"
+                     f"<img src='{EXAMPLES_GRID}' alt='closest test/train pairs' style='max-width:100%'>")
     for split, res in report["splits"].items():
         passed = res["expectations_total"] - res["expectations_failed"]
         parts.append(f"<h2>{escape(split)}: {res['rows']} rows x {res['columns']} columns, "
@@ -551,9 +827,11 @@ def make_report(results: Mapping[str, SplitResult]) -> dict[str, Any]:
     failures = [msg for r in results.values() for msg in r.failures]
     return {
         "success": all(r.success for r in results.values()),
-        "failed_expectations": sum(not e["success"] for r in results.values() for e in r.expectations),
+        "failed_expectations": sum(not e["success"] and e["severity"] != "warning"
+                                   for r in results.values() for e in r.expectations),
         "great_expectations": gx.__version__,
         "failures": failures,
+        "warnings": [msg for r in results.values() for msg in r.warnings],
         "splits": {split: r.to_dict() for split, r in results.items()},
     }
 
@@ -618,6 +896,12 @@ def validate(interim_dir: Path, report_path: Path, docs_dir: Path, params: Valid
     for split, res in report["splits"].items():
         print(f"validate: {split}: {res['rows']} rows, {res['expectations_total'] - res['expectations_failed']}/"
               f"{res['expectations_total']} expectations passed", file=sys.stderr)
+        near = res["summary"].get("content", {}).get("near_duplicates")
+        if near:
+            print(f"validate: {split}: {near['count']} images ({100 * near['share']:.2f}%) have a training image "
+                  f"within RMS pixel difference {near['max_rms']:g}", file=sys.stderr)
+    for message in report.get("warnings", []):
+        print(f"validate: warning: {message}", file=sys.stderr)
     if not report["success"]:
         lines = "\n".join(f"  - {msg}" for msg in report["failures"])
         raise ValidationFailed(
