@@ -1,7 +1,7 @@
 """`python -m benchmarks`: ours vs an alternative, side by side in one run; a ratio table on stdout,
 reports/benchmarks.md and reports/benchmarks.json (raw figures).
 
-Sections (default: 1-5; 6 only with --end-to-end, ~25 min for the default models on 2 cores):
+Sections (default: 1-5 and 7; 6 only with --end-to-end, ~25 min for the default models on 2 cores):
   1 CSV ingest of the full 60k train CSV: read_kaggle_csv vs pandas.read_csv — wall time and peak RSS,
     each measurement in a fresh process
   2 validation of the full train split: our gate vs a naive per-column GX suite (1,570 expectations),
@@ -10,6 +10,8 @@ Sections (default: 1-5; 6 only with --end-to-end, ~25 min for the default models
   4 inference of the best trained CNN: batch-1 latency and batch-1024 throughput
   5 cached rerun: no-op `python -m flows run` vs no-op `dvc repro` (only when `dvc status` is clean)
   6 end-to-end: per-stage wall times of a full `dvc repro` (forced), behind --end-to-end
+  7 the data gate on the full train + test data (70k rows): the whole validate stage against its 10 s budget,
+    and the gate with vs without its content checks (duplicates, leakage, near-duplicates, drift)
 
 A section whose inputs are missing is skipped with the reason; one that fails is reported as skipped
 with its error. Benchmarks are never part of the test suite. Compare figures from one run only.
@@ -36,7 +38,8 @@ from benchmarks import harness, sections  # noqa: E402
 from pipeline import io  # noqa: E402
 
 TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3": "3. training throughput",
-          "4": "4. inference (best CNN)", "5": "5. cached rerun (no-op)", "6": "6. end-to-end dvc repro per stage"}
+          "4": "4. inference (best CNN)", "5": "5. cached rerun (no-op)", "6": "6. end-to-end dvc repro per stage",
+          "7": "7. data gate, full data (format + content checks)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("-n", "--repeats", type=int, default=3, help="repeats per figure (3); the median is reported, "
                    "except in section 3, which counts all timed epochs")
-    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers (default 1,2,3,4,5)")
+    p.add_argument("--sections", default="1,2,3,4,5,7",
+                   help="comma-separated section numbers (default 1,2,3,4,5,7)")
     p.add_argument("--end-to-end", action="store_true", help="also run section 6 (a full forced dvc repro, "
                    "~25 min for the default models on 2 cores)")
     p.add_argument("--no-force", dest="force", action="store_false",
@@ -70,6 +74,7 @@ def run_section(key: str, args, scratch: Path) -> harness.Section:
         "4": lambda: sections.inference(ws, args.repeats),
         "5": lambda: sections.cached_rerun(ws, args.repeats, args.noop_target),
         "6": lambda: sections.end_to_end(ws, args.force),
+        "7": lambda: sections.gate_full(ws, args.repeats, scratch),
     }
     started = time.perf_counter()
     try:
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         keys.append("6")
     unknown = [k for k in keys if k not in TITLES]
     if unknown:
-        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-6", file=sys.stderr)
+        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-7", file=sys.stderr)
         return 2
     if "6" in keys and not args.end_to_end:
         print("error: section 6 re-runs the whole pipeline (~25 min on 2 cores); pass --end-to-end to confirm",
