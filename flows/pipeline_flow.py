@@ -61,7 +61,7 @@ class ValidationGateFailed(RuntimeError):
 @dataclass
 class StageOutcome:
     stage: str
-    status: str          # "ran" | "cached"
+    status: str          # "ran" | "restored" (from DVC's run cache) | "cached"
     duration_s: float
     returncode: int = 0
 
@@ -90,7 +90,8 @@ def _level(line: str) -> int:
 def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) -> tuple[int, str, list[str]]:
     """Run `dvc repro --single-item <stage>` in `workspace`; stream its output lines to `log`.
 
-    Returns (exit code, "ran" | "cached", output lines).
+    Returns (exit code, "ran" | "restored" | "cached", output lines): "restored" when DVC's run cache held an
+    earlier run with the same inputs and checked its outputs out instead of running the command.
     """
     cmd = [dvc_executable(), "repro", "--single-item", stage]
     if force:
@@ -111,7 +112,8 @@ def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) ->
     text = "\n".join(lines)
     skipped = re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text)
     ran = re.search(rf"Running stage '{re.escape(stage)}'", text)
-    status = "cached" if skipped and not ran else "ran"
+    restored = re.search(rf"Stage '{re.escape(stage)}' is cached - skipping run", text)
+    status = "ran" if ran else "restored" if restored else "cached" if skipped else "ran"
     return returncode, status, lines
 
 
@@ -188,6 +190,10 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
     if status == "cached":
         log.info("stage '%s' is up to date in the DVC cache: skipped (%.1f s)", stage, duration)
         return Completed(name="Cached", message=f"DVC: stage '{stage}' didn't change, skipped", data=asdict(outcome))
+    if status == "restored":
+        log.info("stage '%s' restored from DVC's run cache, nothing run (%.1f s)", stage, duration)
+        return Completed(name="Cached", message=f"DVC: stage '{stage}' restored from the run cache",
+                         data=asdict(outcome))
     log.info("stage '%s' ran in %.1f s", stage, duration)
     return Completed(message=f"DVC: stage '{stage}' ran in {duration:.1f} s", data=asdict(outcome))
 
@@ -299,7 +305,7 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
             if task_state.is_completed():
                 outcome = task_state.result()
                 outcomes.append(outcome)
-                if outcome.get("status") == "ran":
+                if outcome.get("status") in ("ran", "restored"):   # its outputs may have changed
                     ran.add(stage.name)
                 continue
             blocked.add(stage.name)

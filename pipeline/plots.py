@@ -161,7 +161,8 @@ def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int 
     y = np.arange(len(rows))
     acc = np.array([r["accuracy"] for r in rows])
     err = np.array([[r["accuracy"] - r["ci_low"] for r in rows], [r["ci_high"] - r["accuracy"] for r in rows]])
-    ax.barh(y, acc, xerr=err, color="#4575b4", alpha=0.85, capsize=2, label="ours: test accuracy (95% CI; widened by the seed spread)")
+    ax.barh(y, acc, xerr=err, color="#4575b4", alpha=0.85, capsize=2,
+            label="ours: test accuracy (95% CI; widened by the seed spread)")
     labelled = set()
     for yi, r in zip(y, rows):
         if r.get("published") is None:

@@ -7,8 +7,9 @@ Reads only earlier stages' outputs for every model in `train.models` and seed in
 (metrics/<name>/seed-<seed>.json + .predictions.npz, models/<name>/seed-<seed>/train.json + history.csv),
 data/split/class_counts.json, the test images for the sample grid, and the published claims in
 pipeline.models.registry. Writes reports/comparison.{md,csv,html} and reports/figures/*.png (the HTML is
-self-contained, figures embedded as base64 PNG), then accuracy.json, the DVC metrics file. Everything is rendered into a temporary directory and
-swapped in for reports/ only on success, so a failure never leaves a half-updated report.
+self-contained, figures embedded as base64 PNG), then accuracy.json, the DVC metrics file. Everything is
+rendered into a temporary directory and swapped in for reports/ only on success, so a failure never leaves a
+half-updated report.
 
 Every model in `train.models` must have been evaluated with every seed: a missing run is an error naming it.
 With several seeds, accuracies are means over seeds with their standard deviation, and a published claim
@@ -325,7 +326,8 @@ def table_ranking(records: list[dict[str, Any]]) -> Table:
     return Table(
         "ranking", f"1. All models ranked by test accuracy (official test set, {n_test:,} images)",
         ["#", "model", "source", "published %", "what the published number is", "ours: test % (mean over seeds)",
-         "ours: std over seeds (pp)", "ours − published (pp)", "ours: 95% CI", "claim holds?", "params (ours)", "params (published)", "train time (s)",
+         "ours: std over seeds (pp)", "ours − published (pp)", "ours: 95% CI", "claim holds?", "params (ours)",
+         "params (published)", "train time (s)",
          "train device", "batch-1 latency (ms)", "batch-1024 throughput (img/s)", "model size (MB)"],
         rows,
         "Accuracies in percent. 95% CI: Wilson score interval over the test images (at the mean accuracy when "
@@ -522,7 +524,8 @@ def reproducibility_note(results: Sequence[ModelResult], mcnemar_rows: list[dict
         gaps = [r.accuracy - r.published["accuracy"] for r in test_claims]
         lines.append(
             f"Of the {len(test_claims)} published test-set accuracies we re-measured, {len(within)} lie inside our "
-            f"95% CI, widened by the seed spread ({', '.join(r.name for r in within) or 'none'}); gaps (ours − published) range from "
+            f"95% CI, widened by the seed spread ({', '.join(r.name for r in within) or 'none'}); "
+            f"gaps (ours − published) range from "
             f"{min(gaps):+.2f} to {max(gaps):+.2f} pp."
             + (f" Our benchmark baselines were trained on the {train_size:,}-image training split, not on all "
                "60,000 training images as in the original benchmark." if train_size and train_size < 60000 else ""))
@@ -759,7 +762,8 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
     summary = accuracy_summary(results)
     if summary_path is not None:
         io.write_json(summary_path, summary)
-    return {"summary": summary, "records": records, "mcnemar": mc, "note": note, "figures": [p.name for _, p in figures],
+    return {"summary": summary, "records": records, "mcnemar": mc, "note": note,
+            "figures": [p.name for _, p in figures],
             "tables": [t.key for t in tables]}
 
 

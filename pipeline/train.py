@@ -23,8 +23,9 @@ Resume: every completed Keras epoch is checkpointed to .checkpoints/<name>/seed-
 optimizer state + history so far + a fingerprint of model, hyperparameters, seed and data). It lives
 outside the DVC output on purpose: DVC deletes a stage's (non-persistent) output before re-running it,
 and the checkpoint must survive that. A rerun with the same fingerprint continues from the last
-completed epoch; the checkpoint is deleted on success. A resumed run is not bit-identical to an uninterrupted one (shuffle/dropout RNG streams
-restart), but it trains the remaining epochs with the restored weights, optimizer state and schedule.
+completed epoch; the checkpoint is deleted on success. A resumed run is not bit-identical to an
+uninterrupted one (shuffle/dropout RNG streams restart), but it trains the remaining epochs with the
+restored weights, optimizer state and schedule.
 
 Determinism: keras.utils.set_random_seed(seed) seeds Python, NumPy and the backend; the tf.data
 shuffle is seeded. On CPU, repeated runs on the same machine and thread count give bit-identical

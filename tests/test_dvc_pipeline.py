@@ -86,7 +86,8 @@ def _hyperparameter_row(workspace, model: str) -> str:
 
 def test_changing_one_models_params_reruns_only_that_model_and_updates_the_tables(model_workspace):
     ws = model_workspace
-    untouched = {p: _digest(ws / p) for p in ("metrics/gaussian-nb/seed-42.json", "models/gaussian-nb/seed-42/train.json")}
+    untouched = {p: _digest(ws / p)
+                 for p in ("metrics/gaussian-nb/seed-42.json", "models/gaussian-nb/seed-42/train.json")}
     assert "max_depth=10" in _hyperparameter_row(ws, "decision-tree")
     params_path = ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())

@@ -14,8 +14,8 @@ expectations run on those. A single bad cell among the 47M still fails a row's a
 
 Content (pipeline.data.content computes it with numpy; these frames carry it into the same GX suite):
 - `content`    one row per image: row, duplicate_of (an earlier identical row or -1), degenerate ("", blank,
-               constant, saturated) and, for the test split, in_train / near_train (a training row identical to it / within the
-               near-duplicate distance, or -1) and near_rms
+               constant, saturated) and, for the test split, in_train / near_train (a training row identical
+               to it / within the near-duplicate distance, or -1) and near_rms
                -> at most `max_share` of the rows each (GX `mostly`); severity from `on_exceed`
 - `drift`      one row per class: rows, pixel_js, mean_image_rmse, intensity_psi against the reference
                profile (null for classes too small to judge) -> each under its limit
@@ -289,7 +289,8 @@ def build_expectations(split: str, params: ValidateParams, cross_split: bool = F
                                       meta=m("duplicates", f"images repeated exactly within the split: {share(dup)}")),
         E.ExpectColumnValuesToBeInSet(column="degenerate", value_set=[""], mostly=_mostly(deg),
                                       severity=_severity(deg),
-                                      meta=m("degenerate_images", f"blank, constant or saturated images: {share(deg)}")),
+                                      meta=m("degenerate_images",
+                                             f"blank, constant or saturated images: {share(deg)}")),
     ]
     if cross_split:
         content_rows += [
