@@ -12,7 +12,7 @@ Methods (the thresholds live in params.yaml `validate`):
 - exact duplicates: a 64-bit hash of each image's 784 pixel bytes; rows with equal hashes are compared byte
   for byte, so a hash collision never counts as a duplicate.
 - near-duplicates: the nearest training image of every test image by RMS pixel difference on the 0..1 scale,
-  sqrt(mean((a - b)^2)). Candidates come from a 32-component PCA projection (a projection onto orthonormal
+  sqrt(mean((a - b)^2)). Candidates come from a 48-component PCA projection (a projection onto orthonormal
   axes never lengthens a distance, so no pair within the threshold is missed) and are confirmed on all 784
   pixels.
 - degenerate images: blank (every pixel 0), constant (one value), saturated (more than half the pixels 255).
@@ -34,7 +34,7 @@ from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_CLASSES, N_PIXELS, PIXEL_
 
 HIST_BINS = 16                # pixel-value histogram: 16 bins of 16 grey levels
 INTENSITY_BINS = 10           # per-image mean intensity: the reference's deciles
-PCA_COMPONENTS = 32
+PCA_COMPONENTS = 48
 SATURATED_SHARE = 0.5         # an image with more than half its pixels at 255 is "saturated"
 PROFILE_VERSION = 1
 
@@ -91,11 +91,10 @@ def found_in(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def nearest_within(query: np.ndarray, reference: np.ndarray, max_rms: float,
-                   chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(nearest reference index or -1, its RMS pixel difference or NaN) for every query image whose nearest
     reference image lies within `max_rms` (0..1 scale); exact on all pixels, see the module docstring."""
-    q = query.reshape(len(query), -1).astype(np.float32) / 255.0
-    r = reference.reshape(len(reference), -1).astype(np.float32) / 255.0
+    q, r = _unit_float(query), _unit_float(reference)
     index = np.full(len(q), -1, dtype=np.int64)
     rms = np.full(len(q), np.nan, dtype=np.float64)
     if not len(q) or not len(r):
@@ -104,24 +103,45 @@ def nearest_within(query: np.ndarray, reference: np.ndarray, max_rms: float,
     sample = r[np.random.default_rng(0).choice(len(r), min(len(r), 2000), replace=False)] - mean
     components = np.linalg.svd(sample, full_matrices=False)[2][:PCA_COMPONENTS].T      # (784, k), orthonormal
     rp, qp = (r - mean) @ components, (q - mean) @ components
-    rp_sq = (rp * rp).sum(axis=1)
     limit_sq = (max_rms ** 2) * q.shape[1] + 1e-4                 # squared L2 distance for RMS = max_rms
-    rp_t = np.ascontiguousarray(rp.T)
+    radius = float(np.sqrt(limit_sq))
+    # Sorting both sides by the first component bounds the search: |pc1(q) - pc1(r)| <= |q - r|, so a chunk of
+    # queries only needs the reference images whose pc1 lies within `radius` of the chunk's pc1 range.
+    r_order, q_order = np.argsort(rp[:, 0], kind="stable"), np.argsort(qp[:, 0], kind="stable")
+    rp, r_pc1 = rp[r_order], rp[r_order, 0]
+    # |q - r|^2 = |q|^2 + |r|^2 - 2 q.r. One matrix product gives |r|^2 - 2 q.r for a whole block at once
+    # ([q, 1] . [-2 r, |r|^2]); it is compared with limit - |q|^2 per row. Memory-bound: few passes, row
+    # minima first, because most test images have no candidate at all.
+    ref_aug = np.ascontiguousarray(np.vstack([-2.0 * rp.T, (rp * rp).sum(axis=1)[None, :]]), dtype=np.float32)
+    qp = qp[q_order]
+    q_aug = np.hstack([qp, np.ones((len(qp), 1), dtype=np.float32)])
+    thresholds = (limit_sq - (qp * qp).sum(axis=1)).astype(np.float32)
     for start in range(0, len(q), chunk):
-        block = qp[start:start + chunk]
-        # |q - r|^2 = |q|^2 + |r|^2 - 2 q.r <= limit  <=>  |r|^2 - 2 q.r <= limit - |q|^2 (in place: memory-bound)
-        d2 = block @ rp_t
-        d2 *= -2.0
-        d2 += rp_sq
-        rows, cols = np.nonzero(d2 <= (limit_sq - (block * block).sum(axis=1))[:, None])
-        if not len(rows):
+        stop = min(start + chunk, len(q))
+        lo = int(np.searchsorted(r_pc1, qp[start, 0] - radius, side="left"))
+        hi = int(np.searchsorted(r_pc1, qp[stop - 1, 0] + radius, side="right"))
+        if hi <= lo:
             continue
-        full = ((q[start + rows] - r[cols]) ** 2).mean(axis=1)          # confirm on every pixel
+        scores = q_aug[start:stop] @ ref_aug[:, lo:hi]
+        limits = thresholds[start:stop]
+        near_rows = np.flatnonzero(scores.min(axis=1) <= limits)
+        if not len(near_rows):
+            continue
+        rows, cols = np.nonzero(scores[near_rows] <= limits[near_rows, None])
+        rows, cols = q_order[near_rows[rows] + start], r_order[cols + lo]
+        full = ((q[rows] - r[cols]) ** 2).mean(axis=1)          # confirm on every pixel
         keep = full <= max_rms ** 2
-        rows, cols, full = rows[keep] + start, cols[keep], full[keep]
+        rows, cols, full = rows[keep], cols[keep], full[keep]
         for i in np.argsort(-full):                                    # nearest last, so it wins
             index[rows[i]], rms[rows[i]] = cols[i], float(np.sqrt(full[i]))
     return index, rms
+
+
+def _unit_float(x: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 rows on the 0..1 scale, in one conversion and one in-place scaling."""
+    out = x.reshape(len(x), -1).astype(np.float32)
+    out *= np.float32(1 / 255)
+    return out
 
 
 # ------------------------------------------------------------------------------- per-image sanity
@@ -246,7 +266,8 @@ def image_matrix(table) -> np.ndarray | None:
     import pyarrow as pa
 
     names = PIXEL_COLUMNS
-    if any(n not in table.column_names for n in names):
+    present = set(table.column_names)
+    if any(n not in present for n in names):
         return None
     cols = []
     for n in names:
