@@ -333,7 +333,8 @@ def table_ranking(records: list[dict[str, Any]]) -> Table:
         "Accuracies in percent. 95% CI: Wilson score interval over the test images (at the mean accuracy when "
         "there are several seeds). 'Claim holds' when the published number lies inside that interval widened by "
         "the seed spread (half-widths combined in quadrature with 2 standard deviations over seeds; with one seed, "
-        "the interval itself). The gap compares numbers of "
+        "the interval itself). Train time, device, latency, throughput and size are the first seed's run. "
+        "The gap compares numbers of "
         "different kinds where the published figure is not a test accuracy (see its description). Parameter "
         "counts for scikit-learn models are the number of fitted numeric values.")
 
@@ -365,7 +366,8 @@ def table_paper_a(results: Sequence[ModelResult], val_size: int | None = None) -
         "Paper A's TF2 'test' accuracies equal its Table 1 'validation accuracy' figures. Our train loss/accuracy "
         "are the last epoch's Keras running averages (dropout active); our val figures are on the held-out "
         f"validation split{f' ({val_size:,} images)' if val_size else ''}; our test figures are on the official "
-        f"test set ({results[0].metrics['test']['n']:,} images).")
+        f"test set ({results[0].metrics['test']['n']:,} images). With several seeds, the test % is the mean over "
+        "seeds and the other figures are the first seed's run.")
 
 
 def table_paper_b_classes(results: Sequence[ModelResult]) -> Table | None:
@@ -456,7 +458,8 @@ def table_mcnemar(records: list[dict[str, Any]], alpha: float) -> Table:
          "χ² (cont. corr.)", "p (Holm)", f"significant at α={alpha:g}"],
         rows,
         "Exact two-sided binomial McNemar test on the discordant pairs; Holm-Bonferroni adjustment over all pairs "
-        "shown. 'no' means the test set cannot tell the two models apart at this level.")
+        "shown. 'no' means the test set cannot tell the two models apart at this level. With several seeds, each "
+        "model's first seed is tested; the accuracies shown are means over seeds.")
 
 
 # ------------------------------------------------------------------------------ note (built from numbers)
