@@ -183,5 +183,6 @@ def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int 
     ax.set_title(f"Test accuracy on the official {n_text}test set vs published claims")
     ax.set_xlabel("accuracy (%)")
     ax.set_ylabel("model")
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes: inside, it hid the claim markers of the lowest rows.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     return _save(fig, path, dpi)
