@@ -154,9 +154,14 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------ timing
-def predict_in_batches(predictor: Predictor, x: np.ndarray,
-                       batch_size: int) -> tuple[np.ndarray, list[tuple[int, float]]]:
-    """Predict all of x in chunks; return probabilities and [(chunk size, seconds)] per chunk."""
+def predict_in_batches(predictor: Predictor, x: np.ndarray, batch_size: int,
+                       label: str | None = None) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """Predict all of x in chunks; return probabilities and [(chunk size, seconds)] per chunk.
+
+    label: say progress with a time estimate under this label every ~10 s (KNN's 10k predictions take minutes)."""
+    from pipeline.progress import BatchProgress
+
+    progress = BatchProgress(label, len(x)) if label else None
     chunks, timings = [], []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
@@ -164,6 +169,8 @@ def predict_in_batches(predictor: Predictor, x: np.ndarray,
         out = np.asarray(predictor(batch))
         timings.append((len(batch), time.perf_counter() - t0))
         chunks.append(out)
+        if progress is not None:
+            progress.update(len(batch))
     probs = np.concatenate(chunks, axis=0)
     if probs.shape != (len(x), N_CLASSES):
         raise PipelineError(f"the predictor returned shape {probs.shape}, expected ({len(x)}, {N_CLASSES})")
@@ -273,7 +280,7 @@ def evaluate_model(name: str, model_dir: Path, x: np.ndarray, y: np.ndarray, *, 
     load_s = time.perf_counter() - load_started
 
     latency = batch1_latency(predictor, x, latency_calls, warmup_calls)
-    probs, timings = predict_in_batches(predictor, x, batch_size)
+    probs, timings = predict_in_batches(predictor, x, batch_size, label=f"evaluate [{name}]: predicting the test set")
     metrics = {
         "model": name,
         "seed": meta.get("seed"),

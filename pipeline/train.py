@@ -58,6 +58,7 @@ from pipeline.models.registry import ModelSpec, preprocess
 from pipeline.schema import N_CLASSES
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+SCORING_BATCH = 2000   # rows per predict call when scoring a scikit-learn model (progress granularity)
 CKPT_MODEL = "model.keras"
 CKPT_STATE = "state.json"
 
@@ -239,27 +240,37 @@ def _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, *, seed, exact_grad
     from sklearn.metrics import accuracy_score, log_loss
 
     from pipeline.models.baselines import param_count
+    from pipeline.progress import BatchProgress, heartbeat
 
     model = spec.build(hp, seed=seed, exact_gradient_boosting=exact_gradient_boosting)
     xt, xv = preprocess("sklearn", x_train), preprocess("sklearn", x_val)
     log(f"train [{spec.name}]: {model[-1]!r} on {len(xt)} x {xt.shape[1]} ...")
     t0 = time.monotonic()
-    model.fit(xt, y_train)
+    with heartbeat(f"train [{spec.name}]: fitting"):   # a fit reports nothing itself; SVC's takes minutes
+        model.fit(xt, y_train)
     fit_time = time.monotonic() - t0
     log(f"train [{spec.name}]: fitted in {fit_time:.1f} s; scoring ...")
 
     n_eval = min(int(hp.get("train_eval_samples") or len(xt)), len(xt))
     sub = np.sort(np.random.default_rng(seed).choice(len(xt), n_eval, replace=False))
 
-    def scores(x, y):
-        if hasattr(model, "predict_proba"):
-            p = model.predict_proba(x)
-            pred = np.asarray(model.classes_)[p.argmax(1)]
-            return float(accuracy_score(y, pred)), float(log_loss(y, p, labels=np.asarray(model.classes_)))
-        return float(accuracy_score(y, model.predict(x))), None
+    def scores(x, y, what):
+        # In batches, so that slow predictors (SVC, KNN: minutes for 12k images) show progress and an estimate.
+        progress = BatchProgress(f"train [{spec.name}]: scoring the {what}", len(x))
+        proba = hasattr(model, "predict_proba")
+        parts = []
+        for start in range(0, len(x), SCORING_BATCH):
+            batch = x[start:start + SCORING_BATCH]
+            parts.append(model.predict_proba(batch) if proba else model.predict(batch))
+            progress.update(len(batch))
+        out = np.concatenate(parts)
+        if proba:
+            pred = np.asarray(model.classes_)[out.argmax(1)]
+            return float(accuracy_score(y, pred)), float(log_loss(y, out, labels=np.asarray(model.classes_)))
+        return float(accuracy_score(y, out)), None
 
-    train_acc, train_loss = scores(xt[sub], np.asarray(y_train)[sub])
-    val_acc, val_loss = scores(xv, y_val)
+    train_acc, train_loss = scores(xt[sub], np.asarray(y_train)[sub], "training subsample")
+    val_acc, val_loss = scores(xv, y_val, "validation split")
     total = time.monotonic() - t0
     log(f"train [{spec.name}]: done: val accuracy {val_acc:.4f} (fit {fit_time:.1f} s, total {total:.1f} s)")
     rows = [{"epoch": 1, "loss": train_loss, "accuracy": train_acc, "val_loss": val_loss,

@@ -1,0 +1,56 @@
+"""Progress on long work: heartbeats during a fit, progress with an estimate during batched predictions."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from pipeline import io, progress, train
+from tests.conftest import shipped_hyperparams
+
+
+def test_heartbeat_reports_elapsed_time_while_the_block_runs_and_stops_after():
+    said: list[str] = []
+    with progress.heartbeat("train [svc]: fitting", every_s=0.05, say=said.append):
+        time.sleep(0.32)
+    count = len(said)
+    assert count >= 4 and all(re.fullmatch(r"train \[svc\]: fitting: still running, \d+ s elapsed", s) for s in said)
+    time.sleep(0.15)
+    assert len(said) == count                       # stopped with the block
+    quick: list[str] = []
+    with progress.heartbeat("fast", every_s=0.5, say=quick.append):
+        pass
+    assert quick == []                              # short work prints nothing
+
+
+def test_batch_progress_gives_counts_and_an_estimate():
+    said: list[str] = []
+    bar = progress.BatchProgress("evaluate [knn]: predicting", 10_000, every_s=0.0, say=said.append)
+    for _ in range(4):
+        time.sleep(0.01)
+        bar.update(2_000)
+    bar.update(2_000)                              # the last batch: done, nothing more to estimate
+    assert len(said) == 4
+    assert said[0].startswith("evaluate [knn]: predicting: 2,000/10,000 images, 0 s elapsed, about ")
+    assert said[-1].startswith("evaluate [knn]: predicting: 8,000/10,000 images")
+    assert all(s.endswith(" s left") for s in said)
+
+
+@pytest.fixture
+def tiny_split(small_split, tmp_path):
+    for part in ("train", "val"):
+        x, y = small_split[part]
+        io.save_arrays(tmp_path / f"{part}.npz", x=x, y=y)
+    return tmp_path
+
+
+def test_a_scikit_learn_training_reports_progress(tiny_split, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "DEFAULT_EVERY_S", 0.001)
+    monkeypatch.setattr(train, "SCORING_BATCH", 50)
+    params = {"train": {"models": ["svc"], "seeds": [0]}, "models": {"svc": shipped_hyperparams("svc")}}
+    train.run("svc", tiny_split, tmp_path / "out", params)
+    err = capsys.readouterr().err
+    assert "train [svc]: scoring the validation split: 50/200 images" in err
+    assert re.search(r"train \[svc\]: scoring the training subsample: \d+/600 images, .* about .* left", err)
