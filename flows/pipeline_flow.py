@@ -241,6 +241,14 @@ def validation_markdown(workspace: Path) -> str | None:
     failures = report.get("failures")
     if isinstance(failures, list) and failures:
         out += ["## Failures", ""] + [f"- {_fmt(f)}" for f in failures[:50]] + [""]
+    warnings = report.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        out += ["## Warnings (the data passed)", ""] + [f"- {_fmt(w)}" for w in warnings[:50]] + [""]
+    near = (splits or {}).get("test", {}).get("summary", {}).get("content", {}).get("near_duplicates") \
+        if isinstance(splits, dict) else None
+    if isinstance(near, dict) and "count" in near:
+        out += [f"Train/test near-duplicates: {near['count']} test images ({100 * near.get('share', 0):.2f}%) "
+                f"within RMS pixel difference {near.get('max_rms')} of a training image.", ""]
     return "\n".join(out)
 
 

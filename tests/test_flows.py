@@ -7,6 +7,7 @@ one Prefect test server for the whole module (it takes ~10 s to start).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -265,3 +266,16 @@ def test_deployments_wire_schedule_and_event_trigger(tmp_path):
     assert trigger.expect == {flows.DATASET_CHANGED_EVENT}
     assert trigger.match.model_dump()["prefect.resource.id"] == resource_id(tmp_path)
     assert pipeline.concurrency_limit == 1
+
+
+def test_validation_artifact_shows_warnings_and_the_near_duplicate_share(tmp_path):
+    report = {"success": True, "failures": [], "warnings": ["test: 600 of 2000 images ... [warning]"],
+              "splits": {"test": {"success": True, "rows": 2000, "columns": 785, "expectations_total": 20,
+                                  "expectations_failed": 1, "failures": [],
+                                  "summary": {"content": {"near_duplicates": {"count": 49, "share": 0.0049,
+                                                                              "max_rms": 0.05}}}}}}
+    (tmp_path / "data/validation").mkdir(parents=True)
+    (tmp_path / "data/validation/report.json").write_text(json.dumps(report))
+    md = validation_markdown(tmp_path)
+    assert "PASSED" in md and "## Warnings (the data passed)" in md and "600 of 2000 images" in md
+    assert "49 test images (0.49%) within RMS pixel difference 0.05" in md
