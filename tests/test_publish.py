@@ -357,8 +357,8 @@ def test_seed_spread_enters_the_claim_verdict(seeded):
     assert r.claim_holds(None) is None
 
 
-def test_a_missing_seed_run_is_named(seeded, tmp_path):
-    paths = {k: v for k, v in seeded["paths"].items()}
+def test_a_missing_seed_run_is_named(seeded):
+    paths = seeded["paths"]
     with pytest.raises(PipelineError, match=r"gaussian-nb-13 .*seed-13\.json missing"):
         publish.load_results(["gaussian-nb"], paths["metrics"], paths["models"], [3, 13])
 
