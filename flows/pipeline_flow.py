@@ -331,7 +331,12 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
         if isinstance(failure, ValidationGateFailed):
             log.error("pipeline stopped by the data-quality gate:\n%s", failure.reason)
         raise failure
-    if source_fp is not None:
+    # Only a run that reached the end of the DAG has processed the data; a partial run (--target validate)
+    # must not tell the watcher that this data source is done.
+    whole_dag = not targets or {s.name for s in stages} >= {s.name for s in load_stages(ws)}
+    if source_fp is not None and whole_dag:
         fingerprint.save_state(ws, last_success=source_fp, last_seen=source_fp)
         log.info("recorded data-source fingerprint %s… as processed", source_fp["digest"][:12])
+    elif source_fp is not None:
+        log.info("partial run (targets %s): the data source is not recorded as processed", ", ".join(targets))
     return outcomes

@@ -81,7 +81,10 @@ def prefect_server():
 @pytest.fixture(scope="module")
 def ran_workspace(prefect_server, fmnist, tmp_path_factory):
     """A workspace whose data stages (up to split) ran once through the flow: (workspace, first flow state)."""
-    ws = make_workspace(tmp_path_factory.mktemp("flow-ws"), fmnist, train_rows=500, test_rows=200)
+    ws = make_workspace(tmp_path_factory.mktemp("flow-ws"), fmnist, train_rows=500, test_rows=200,
+                        params_overrides={"train.models": ["gaussian-nb"], "evaluate.latency_calls": 3,
+                                          "evaluate.warmup_calls": 1, "publish.dpi": 50,
+                                          "publish.sample_images": 4})
     state = pipeline_flow(workspace=str(ws), targets=TARGET, retry_delay_s=0, return_state=True)
     assert state.is_completed(), state.message
     return ws, state
@@ -127,7 +130,8 @@ def test_flow_runs_each_stage_as_one_task_in_dvc_order(ran_workspace):
     assert [r.name for r in order] == expected
     assert all(r.total_run_time.total_seconds() > 0 for r in runs.values())
     assert (ws / "data/split/train.npz").exists()
-    assert fingerprint.load_state(ws)["last_success"]["digest"]
+    # a run up to `split` is partial: the watcher must not take this data source as processed
+    assert "last_success" not in fingerprint.load_state(ws)
     found = artifacts(state.state_details.flow_run_id)
     assert "fmnist-validation" in found and "PASSED" in found["fmnist-validation"].data
     assert "fmnist-pipeline-stages" in found
@@ -182,7 +186,7 @@ def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
     ws, _ = ran_workspace
     source = ws / TRAIN_CSV
     original = source.read_bytes()
-    last_success = fingerprint.load_state(ws)["last_success"]
+    last_success = fingerprint.load_state(ws).get("last_success")
     kept = {p: digest(ws / p) for p in ("data/split/train.npz", "data/split/val.npz",
                                         "data/processed/train.npz", "data/validation/report.json")}
     lines = original.split(b"\n")
@@ -198,7 +202,8 @@ def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
         assert runs["validate"].run_count == 1, "a validation failure must not be retried"
         assert "convert" not in runs and "split" not in runs
         assert {p: digest(ws / p) for p in kept} == kept, "previous good outputs must stay untouched"
-        assert fingerprint.load_state(ws)["last_success"] == last_success, "a failed run must not record its data"
+        assert fingerprint.load_state(ws).get("last_success") == last_success, \
+            "a failed run must not record its data"
         md = validation_markdown(ws)
         assert "FAILED" in md and "label" in md
         assert "FAILED" in artifacts(state.state_details.flow_run_id)["fmnist-validation"].data
@@ -209,8 +214,11 @@ def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
 # ------------------------------------------------------------------------------------------- watcher
 def test_watcher_runs_pipeline_only_when_source_changed(ran_workspace):
     ws, _ = ran_workspace
-    assert watcher_flow(workspace=str(ws), targets=TARGET) == {
-        "changed": False, "action": "none", "digest": fingerprint.load_state(ws)["last_success"]["digest"]}
+    first = watcher_flow(workspace=str(ws))              # never fully processed: the whole pipeline runs
+    assert first["changed"] and first["action"] == "ran"
+    assert fingerprint.load_state(ws)["last_success"]["digest"] == first["digest"]
+    assert (ws / "accuracy.json").exists()
+    assert watcher_flow(workspace=str(ws)) == {"changed": False, "action": "none", "digest": first["digest"]}
 
     source = ws / TRAIN_CSV
     lines = source.read_bytes().split(b"\n")
@@ -219,9 +227,15 @@ def test_watcher_runs_pipeline_only_when_source_changed(ran_workspace):
     lines[1] = b",".join(cells)
     source.write_bytes(b"\n".join(lines))
     before = digest(ws / "data/raw/fashion-mnist_train.csv")
-    result = watcher_flow(workspace=str(ws), targets=["fetch"])    # the trigger is under test, not the stages
-    assert result["changed"] and result["action"] == "ran"
+    partial = watcher_flow(workspace=str(ws), targets=["fetch"])
+    assert partial["changed"] and partial["action"] == "ran"
     assert digest(ws / "data/raw/fashion-mnist_train.csv") != before
+    # a partial run does not record the change as processed: the next check still sees it
+    assert fingerprint.load_state(ws)["last_success"]["digest"] == first["digest"]
+    state = fingerprint.load_state(ws)
+    assert fingerprint.changed(fingerprint.compute(ws, state.get("last_seen")), state.get("last_success"))
+    result = watcher_flow(workspace=str(ws))
+    assert result["changed"] and result["action"] == "ran" and result["digest"] == partial["digest"]
     assert fingerprint.load_state(ws)["last_success"]["digest"] == result["digest"]
 
     # A new process reloads the fingerprint from .prefect-state/fingerprint.json: nothing changed, nothing runs.
@@ -245,12 +259,12 @@ def test_watcher_event_mode_emits_once_per_change(ran_workspace, monkeypatch):
     sent = []
     monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: sent.append(kw))
     state = fingerprint.load_state(ws)
-    fingerprint.save_state(ws, last_success={**state["last_success"], "digest": "stale"})
+    fingerprint.save_state(ws, last_success={**(state.get("last_success") or {}), "digest": "stale"})
     try:
         first = watcher_flow(workspace=str(ws), mode="event")
         second = watcher_flow(workspace=str(ws), mode="event")
     finally:
-        fingerprint.save_state(ws, last_success=state["last_success"], announced=None)
+        fingerprint.save_state(ws, last_success=state.get("last_success"), announced=None)
     assert first["action"] == "event" and second["action"] == "already-announced"
     assert len(sent) == 1 and sent[0]["event"] == flows.DATASET_CHANGED_EVENT
     assert sent[0]["resource"]["prefect.resource.id"] == resource_id(ws)
