@@ -5,18 +5,23 @@ a stage DVC skips ends in a Completed state named "Cached". One `dvc status` cal
 per-stage DVC call (about 1.3 s each, 39 stages) for stages DVC already reports up to date and whose
 upstream stages did not run: a no-op flow run costs one DVC call, not one per stage.
 DVC calls are serialised: tasks run one after another in topological order, under a process-wide
-lock and a workspace lock file (DVC cannot run two stages in one checkout). Transient failures are
-retried; a data-validation failure (a stage exiting with ValidationFailed's exit code, 3) is
-terminal: no retry, downstream stages are not run, and the flow fails with the gate's reason.
+lock and a workspace lock file (DVC cannot run two stages in one checkout). Only failures that can be
+transient are retried (classify_failure: a DVC lock held elsewhere, a process killed by a signal, the
+network); bad input (exit 2), an exception in stage code and a timeout (params.yaml
+`orchestration.stage_timeout_s`) are not. A data-validation failure (a stage exiting with
+ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and the flow
+fails with the gate's reason.
 Artifacts: validation summary, model comparison, run summary.
 Not about when to run: see flows.watcher and flows.deployments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -30,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from pipeline.errors import ValidationFailed
+from pipeline.params import OrchestrationParams, section
 from pipeline.io import workspace_lock
 
 from flows import STATE_DIR, fingerprint
@@ -43,11 +49,39 @@ _LOG_TAIL = 40
 
 
 class StageFailed(RuntimeError):
-    """A stage's command (or DVC itself) failed; may be transient, so it is retried."""
+    """A stage's command (or DVC itself) failed. Retried only when `transient` (see classify_failure)."""
 
-    def __init__(self, stage: str, returncode: int, tail: str):
-        super().__init__(f"stage '{stage}' failed (dvc exit {returncode}):\n{tail}")
-        self.stage, self.returncode, self.tail = stage, returncode, tail
+    def __init__(self, stage: str, returncode: int, tail: str, transient: bool = False, why: str = ""):
+        super().__init__(f"stage '{stage}' failed (dvc exit {returncode}; {why or 'not retried'}):\n{tail}")
+        self.stage, self.returncode, self.tail, self.transient, self.why = stage, returncode, tail, transient, why
+
+
+class StageTimedOut(StageFailed):
+    """The stage ran longer than its timeout (params.yaml `orchestration.stage_timeout_s`) and was stopped."""
+
+
+# What DVC or the system print when a failure may pass on retry: another process holds a lock, the process
+# was killed by a signal (e.g. the OOM killer while other work ran), the network hiccuped.
+_TRANSIENT = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|exited with -\d+|"
+                        r"Temporary failure in name resolution|Connection (reset|refused|timed out)|"
+                        r"timed out|Too many open files|Resource temporarily unavailable")
+
+
+def classify_failure(lines: list[str]) -> tuple[bool, str]:
+    """(transient?, why) for a failed `dvc repro`. Never transient: bad input (a stage exit 2), the data gate
+    (exit 3), an exception in stage code (a traceback): those fail the same way every time."""
+    text = "\n".join(lines)
+    code = re.search(r"exited with (-?\d+)", text)
+    if code and code.group(1) == "2":
+        return False, "bad input or settings (exit 2): not retried"
+    if code and code.group(1) == str(VALIDATION_EXIT_CODE):
+        return False, "rejected by the data gate (exit 3): not retried"
+    if "Traceback (most recent call last)" in text:
+        return False, "an exception in stage code: not retried"
+    match = _TRANSIENT.search(text)
+    if match:
+        return True, f"may be transient ({match.group(0)}): retried"
+    return False, "not known to be transient: not retried"
 
 
 class ValidationGateFailed(RuntimeError):
@@ -87,7 +121,8 @@ def _level(line: str) -> int:
     return logging.INFO
 
 
-def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) -> tuple[int, str, list[str]]:
+def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False,
+                  timeout_s: float | None = None) -> tuple[int, str, list[str]]:
     """Run `dvc repro --single-item <stage>` in `workspace`; stream its output lines to `log`.
 
     Returns (exit code, "ran" | "restored" | "cached", output lines): "restored" when DVC's run cache held an
@@ -97,18 +132,35 @@ def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False) ->
     if force:
         cmd.append("--force")
     lines: list[str] = []
+    timed_out = threading.Event()
     with _DVC_LOCK:
+        # Its own process group, so that a timeout stops DVC and the stage command it started together.
         proc = subprocess.Popen(cmd, cwd=workspace, env=dvc_env(workspace), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = _clean(raw)
-            if not line:
-                continue
-            lines.append(line)
-            if log is not None:
-                log.log(_level(line), line)
-        returncode = proc.wait()
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
+                                start_new_session=True)
+        timer = None
+        if timeout_s:
+            def stop() -> None:
+                timed_out.set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            timer = threading.Timer(timeout_s, stop)
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = _clean(raw)
+                if not line:
+                    continue
+                lines.append(line)
+                if log is not None:
+                    log.log(_level(line), line)
+            returncode = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+    if timed_out.is_set():
+        return returncode, "timed out", lines
     text = "\n".join(lines)
     skipped = re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text)
     ran = re.search(rf"Running stage '{re.escape(stage)}'", text)
@@ -153,18 +205,20 @@ def _validation_reason(lines: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- task
-def _retry_unless_validation(task, task_run, state) -> bool:
+def _retry_if_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: only a StageFailed that classify_failure called transient is retried."""
     try:
         state.result()
-    except ValidationGateFailed:
-        return False
+    except StageFailed as exc:
+        return exc.transient
     except Exception:
-        return True
-    return "ValidationGateFailed" not in (state.message or "")
+        return False
+    return False
 
 
-@task(name="dvc-stage", retry_condition_fn=_retry_unless_validation, persist_result=False)
-def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool = False):
+@task(name="dvc-stage", retry_condition_fn=_retry_if_transient, persist_result=False)
+def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool = False,
+              timeout_s: float | None = None):
     """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error.
 
     up_to_date: `dvc status` found this stage and all its upstream stages unchanged at the start of
@@ -177,15 +231,21 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
         return Completed(name="Cached", message=f"dvc status: stage '{stage}' is up to date, skipped",
                          data=asdict(outcome))
     started = time.monotonic()
-    returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force)
+    returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force, timeout_s=timeout_s)
     duration = round(time.monotonic() - started, 2)
+    if status == "timed out":
+        raise StageTimedOut(stage, returncode, "\n".join(lines[-_LOG_TAIL:]),
+                            why=f"stopped after its {timeout_s:g} s timeout (orchestration.stage_timeout_s): "
+                                "not retried")
     if returncode != 0:
         if is_validation_failure(returncode, lines):
             reason = _validation_reason(lines)
             log.error("validation gate rejected the data (terminal, no retry):\n%s", reason)
             raise ValidationGateFailed(stage, reason)
         tail = "\n".join(lines[-_LOG_TAIL:])
-        raise StageFailed(stage, returncode, tail)
+        transient, why = classify_failure(lines)
+        log.error("stage '%s' failed: %s", stage, why)
+        raise StageFailed(stage, returncode, tail, transient=transient, why=why)
     outcome = StageOutcome(stage=stage, status=status, duration_s=duration)
     if status == "cached":
         log.info("stage '%s' is up to date in the DVC cache: skipped (%.1f s)", stage, duration)
@@ -277,12 +337,14 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
 
     workspace: repository root holding dvc.yaml (default: current directory).
     targets: run only these stages and what they depend on (default: every stage).
-    retries / retry_delay_s: for transient stage failures; validation failures are never retried.
+    retries / retry_delay_s: for failures that can be transient (classify_failure); bad input, the data gate,
+        an exception in stage code and a timeout are never retried.
     force: pass --force to dvc repro (re-run even cached stages).
     """
     log = get_run_logger()
     ws = Path(workspace or os.getcwd()).resolve()
     stages: list[Stage] = load_stages(ws, targets)
+    orchestration = section(OrchestrationParams, "orchestration", path=ws / "params.yaml")
     log.info("workspace %s: %d stage(s) from dvc.yaml in order: %s", ws, len(stages), ", ".join(s.name for s in stages))
     state = fingerprint.load_state(ws)
     try:
@@ -309,7 +371,8 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
             runner = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
                                             retries=retries, retry_delay_seconds=retry_delay_s)
             up_to_date = stale is not None and stage.name not in stale and not ran.intersection(stage.upstream)
-            task_state = runner(str(ws), stage.name, force=force, up_to_date=up_to_date, return_state=True)
+            task_state = runner(str(ws), stage.name, force=force, up_to_date=up_to_date,
+                                timeout_s=orchestration.timeout_for(stage.name), return_state=True)
             if task_state.is_completed():
                 outcome = task_state.result()
                 outcomes.append(outcome)

@@ -209,3 +209,18 @@ class PublishParams:
             raise PipelineError(f"params.yaml: publish.alpha must lie in (0, 1), got {self.alpha}")
         if self.sample_images < 1 or self.dpi < 30:
             raise PipelineError("params.yaml: publish.sample_images must be >= 1 and publish.dpi >= 30")
+
+
+@dataclass(frozen=True)
+class OrchestrationParams:
+    # Seconds a stage may run under `python -m flows run` before it is stopped: `default`, or per stage family
+    # (the name before '@': `train` covers every train@<model>-<seed>). `dvc repro` does not read this section.
+    stage_timeout_s: dict[str, float]
+
+    def __post_init__(self):
+        if "default" not in self.stage_timeout_s or any(v <= 0 for v in self.stage_timeout_s.values()):
+            raise PipelineError("params.yaml: orchestration.stage_timeout_s needs a `default` and positive "
+                                f"numbers of seconds, got {self.stage_timeout_s}")
+
+    def timeout_for(self, stage: str) -> float:
+        return float(self.stage_timeout_s.get(stage.split("@")[0], self.stage_timeout_s["default"]))

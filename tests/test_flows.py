@@ -154,9 +154,9 @@ def test_no_op_run_makes_no_per_stage_dvc_call_and_a_change_reaches_only_its_sta
     calls: list[str] = []
     real = pf.run_dvc_stage
 
-    def recording(workspace, stage, log=None, force=False):
+    def recording(workspace, stage, **kwargs):
         calls.append(stage)
-        return real(workspace, stage, log=log, force=force)
+        return real(workspace, stage, **kwargs)
 
     monkeypatch.setattr(pf, "run_dvc_stage", recording)
     state = pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True)
@@ -293,3 +293,56 @@ def test_validation_artifact_shows_warnings_and_the_near_duplicate_share(tmp_pat
     md = validation_markdown(tmp_path)
     assert "PASSED" in md and "## Warnings (the data passed)" in md and "600 of 2000 images" in md
     assert "49 test images (0.49%) within RMS pixel difference 0.05" in md
+
+
+# ------------------------------------------------------------------------------- retries and timeouts
+@pytest.mark.parametrize("output, transient", [
+    (["error [train]: params.yaml: `models.x.epochs` must be an integer", "ERROR: failed to reproduce 'train@x-42':"
+      " failed to run: python -m pipeline train ..., exited with 2"], False),
+    (["ERROR: failed to reproduce 'validate': failed to run: python -m pipeline validate, exited with 3"], False),
+    (["Traceback (most recent call last):", "ZeroDivisionError: division by zero", "exited with 1"], False),
+    (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], True),
+    (["ERROR: failed to reproduce 'train@x-42': failed to run: python -m pipeline train, exited with -9"], True),
+    (["something else went wrong, exited with 1"], False),
+])
+def test_only_failures_that_can_be_transient_are_retried(output, transient):
+    from flows.pipeline_flow import classify_failure
+
+    is_transient, why = classify_failure(output)
+    assert is_transient is transient and why
+
+
+def _edit_params(ws: Path, change) -> str:
+    original = (ws / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    change(params)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return original
+
+
+def test_bad_input_is_not_retried_and_a_timeout_stops_the_stage(ran_workspace):
+    from flows.pipeline_flow import StageFailed, StageTimedOut
+
+    ws, _ = ran_workspace
+    original = _edit_params(ws, lambda p: p["models"]["gaussian-nb"].update(priors="uniform"))
+    try:
+        state = pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], retries=2, retry_delay_s=0,
+                              return_state=True)
+        assert state.is_failed()
+        with pytest.raises(StageFailed, match="exit 2"):
+            state.result()
+        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
+    finally:
+        (ws / "params.yaml").write_text(original)
+
+    original = _edit_params(ws, lambda p: p["orchestration"]["stage_timeout_s"].update(train=0.5))
+    try:
+        state = pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], retries=2, retry_delay_s=0,
+                              force=True, return_state=True)
+        assert state.is_failed()
+        with pytest.raises(StageTimedOut, match="0.5 s timeout"):
+            state.result()
+        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
+    finally:
+        (ws / "params.yaml").write_text(original)
+        assert pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], return_state=True).is_completed()
