@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
+from pipeline.data.validate import near_duplicates_of
 from pipeline.errors import ValidationFailed
 from pipeline.params import OrchestrationParams, section
 from pipeline.io import workspace_lock
@@ -63,18 +64,24 @@ class StageTimedOut(StageFailed):
 # What DVC or the system print when a failure may pass on retry: another process holds a lock, the process
 # was killed by a signal (e.g. the OOM killer while other work ran), the network hiccuped.
 _TRANSIENT = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|exited with -\d+|"
-                        r"Temporary failure in name resolution|Connection (reset|refused|timed out)|"
-                        r"timed out|Too many open files|Resource temporarily unavailable")
+                        r"Temporary failure in name resolution|Connection (reset|refused)|timed out|"
+                        r"Too many open files|Resource temporarily unavailable")
+
+
+def stage_exit_code(lines: list[str]) -> int | None:
+    """The stage command's exit code as DVC reports it (`... exited with 3`), or None when DVC did not say."""
+    found = re.search(r"exited with (-?\d+)", "\n".join(lines))
+    return int(found.group(1)) if found else None
 
 
 def classify_failure(lines: list[str]) -> tuple[bool, str]:
     """(transient?, why) for a failed `dvc repro`. Never transient: bad input (a stage exit 2), the data gate
     (exit 3), an exception in stage code (a traceback): those fail the same way every time."""
     text = "\n".join(lines)
-    code = re.search(r"exited with (-?\d+)", text)
-    if code and code.group(1) == "2":
+    code = stage_exit_code(lines)
+    if code == 2:
         return False, "bad input or settings (exit 2): not retried"
-    if code and code.group(1) == str(VALIDATION_EXIT_CODE):
+    if code == VALIDATION_EXIT_CODE:
         return False, "rejected by the data gate (exit 3): not retried"
     if "Traceback (most recent call last)" in text:
         return False, "an exception in stage code: not retried"
@@ -189,10 +196,7 @@ def stale_stages(workspace: Path) -> set[str] | None:
 
 def is_validation_failure(returncode: int, lines: list[str]) -> bool:
     """DVC exits non-zero and reports the stage command's exit code as `exited with 3`."""
-    if returncode == 0:
-        return False
-    text = "\n".join(lines)
-    return bool(re.search(rf"exited with {VALIDATION_EXIT_CODE}\b", text))
+    return returncode != 0 and stage_exit_code(lines) == VALIDATION_EXIT_CODE
 
 
 def _validation_reason(lines: list[str]) -> str:
@@ -304,9 +308,8 @@ def validation_markdown(workspace: Path) -> str | None:
     warnings = report.get("warnings")
     if isinstance(warnings, list) and warnings:
         out += ["## Warnings (the data passed)", ""] + [f"- {_fmt(w)}" for w in warnings[:50]] + [""]
-    near = (splits or {}).get("test", {}).get("summary", {}).get("content", {}).get("near_duplicates") \
-        if isinstance(splits, dict) else None
-    if isinstance(near, dict) and "count" in near:
+    near = near_duplicates_of(report)
+    if near and "count" in near:
         out += [f"Train/test near-duplicates: {near['count']} test images ({100 * near.get('share', 0):.2f}%) "
                 f"within RMS pixel difference {near.get('max_rms')} of a training image.", ""]
     return "\n".join(out)

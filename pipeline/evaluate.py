@@ -359,12 +359,12 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import EvaluateParams, TrainParams, build, load_params, section
-    from pipeline.train import run_dir
+    from pipeline.params import EvaluateParams, load_params, section
+    from pipeline.train import run_dir, seed_of
 
     raw = load_params(args.params)
     params = section(EvaluateParams, "evaluate", raw)
-    seed = build(TrainParams, raw.get("train", {}), "train").seeds[0] if args.seed is None else args.seed
+    seed = seed_of(raw, args.seed)
     x, y = load_test_set(args.test)
     metrics, probs = evaluate_model(
         args.model, run_dir(args.models_dir, args.model, seed), x, y, batch_size=params.batch_size,

@@ -78,7 +78,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in args)
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
     if origin is dict:
         return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
                                                             for k, v in value.items()))

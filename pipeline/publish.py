@@ -752,8 +752,9 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         tables.append(left_out)
     near = None
     if validation_report_path is not None:
-        report = io.read_json(validation_report_path)
-        near = report.get("splits", {}).get("test", {}).get("summary", {}).get("content", {}).get("near_duplicates")
+        from pipeline.data.validate import near_duplicates_of
+
+        near = near_duplicates_of(io.read_json(validation_report_path))
     note = reproducibility_note(results, mc, sizes.get("train"), near)
 
     with io.atomic_dir(out_dir) as tmp:

@@ -343,6 +343,13 @@ def run_dir(root: Path, name: str, seed: int) -> Path:
     return Path(root) / name / f"seed-{seed}"
 
 
+def seed_of(params: dict[str, Any], seed: int | None) -> int:
+    """The run's seed: `seed` when given (the DVC stages always pass one), else the first of `train.seeds`."""
+    from pipeline.params import TrainParams, build
+
+    return build(TrainParams, params.get("train", {}), "train").seeds[0] if seed is None else int(seed)
+
+
 def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int | None = None,
         checkpoint_root: Path | None = None, callbacks: Iterable = (), verbose: int = 2) -> dict:
     """Load the split, train, write `out` atomically, drop the checkpoint. Returns train.json.
@@ -354,7 +361,7 @@ def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int |
 
     spec = registry.get(name)
     tp = build(TrainParams, params.get("train", {}), "train")
-    seed = tp.seeds[0] if seed is None else int(seed)
+    seed = seed_of(params, seed)
     hyperparams = (params.get("models") or {}).get(name)  # checked (absent, missing/unknown keys) by the spec
     train, val = io.load_arrays(data / "train.npz"), io.load_arrays(data / "val.npz")
     ckpt = run_dir(checkpoint_root or CHECKPOINT_ROOT, name, seed) if spec.family == "keras" else None
@@ -388,10 +395,8 @@ def cli(args) -> None:
     from pipeline.params import load_params
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pipeline.params import TrainParams, build
-
     params = load_params(args.params)
-    seed = build(TrainParams, params.get("train", {}), "train").seeds[0] if args.seed is None else args.seed
+    seed = seed_of(params, args.seed)
     out = args.out or run_dir(Path("models"), args.model, seed)
     run(args.model, args.data, out, params, seed=seed)
     if args.plot is not None:

@@ -320,29 +320,27 @@ def _edit_params(ws: Path, change) -> str:
     return original
 
 
+def _fails_once(ws: Path, change, error, match: str, **flow_kwargs) -> None:
+    """With params.yaml edited by `change`, train@gaussian-nb-42 fails with `error` and is not retried."""
+    original = _edit_params(ws, change)
+    try:
+        state = pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], retries=2, retry_delay_s=0,
+                              return_state=True, **flow_kwargs)
+        assert state.is_failed()
+        with pytest.raises(error, match=match):
+            state.result()
+        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
+    finally:
+        (ws / "params.yaml").write_text(original)
+
+
 def test_bad_input_is_not_retried_and_a_timeout_stops_the_stage(ran_workspace):
     from flows.pipeline_flow import StageFailed, StageTimedOut
 
     ws, _ = ran_workspace
-    original = _edit_params(ws, lambda p: p["models"]["gaussian-nb"].update(priors="uniform"))
+    _fails_once(ws, lambda p: p["models"]["gaussian-nb"].update(priors="uniform"), StageFailed, "exit 2")
     try:
-        state = pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], retries=2, retry_delay_s=0,
-                              return_state=True)
-        assert state.is_failed()
-        with pytest.raises(StageFailed, match="exit 2"):
-            state.result()
-        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
+        _fails_once(ws, lambda p: p["orchestration"]["stage_timeout_s"].update(train=0.5), StageTimedOut,
+                    "0.5 s timeout", force=True)
     finally:
-        (ws / "params.yaml").write_text(original)
-
-    original = _edit_params(ws, lambda p: p["orchestration"]["stage_timeout_s"].update(train=0.5))
-    try:
-        state = pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], retries=2, retry_delay_s=0,
-                              force=True, return_state=True)
-        assert state.is_failed()
-        with pytest.raises(StageTimedOut, match="0.5 s timeout"):
-            state.result()
-        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
-    finally:
-        (ws / "params.yaml").write_text(original)
         assert pipeline_flow(workspace=str(ws), targets=["train@gaussian-nb-42"], return_state=True).is_completed()

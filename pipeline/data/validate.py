@@ -46,14 +46,18 @@ import pyarrow.parquet as pq
 from pipeline import io
 from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.params import ValidateParams, section
-from pipeline.schema import CLASS_NAMES, CSV_COLUMNS, LABEL_COLUMN, N_CLASSES, SPLITS
+from pipeline.schema import CLASS_NAMES, CSV_COLUMNS, LABEL_COLUMN, N_CLASSES, PIXEL_COLUMNS, SPLITS
 
 PIXEL_MIN, PIXEL_MAX = 0, 255
 ROW_HINT = "rows are 0-based positions in the Parquet file (= CSV line - 2)"
 
 # frame -> the column GX reports offending entries by
 INDEX_COLUMN = {"rows": "row", "per_column": "column", "classes": "class", "content": "row", "drift": "class"}
-CONTENT_LIMITS = ("duplicates", "test_in_train", "near_duplicates", "degenerate_images", "drift")
+# per-image content check -> (its column in the `content` frame, the value of an image that passes, whether it
+# compares the test split with the training split); each check's limit is params.yaml `validate.<check>`
+CONTENT_CHECKS = {"duplicates": ("duplicate_of", -1, False), "degenerate_images": ("degenerate", "", False),
+                  "test_in_train": ("in_train", -1, True), "near_duplicates": ("near_train", -1, True)}
+CONTENT_LIMITS = (*CONTENT_CHECKS, "drift")
 DRIFT_STATISTICS = {"pixel_js": ("max_pixel_js", "pixel-value histogram Jensen-Shannon distance"),
                     "mean_image_rmse": ("max_mean_image_rmse", "mean-image RMS difference"),
                     "intensity_psi": ("max_intensity_psi", "per-image intensity PSI")}
@@ -159,6 +163,23 @@ def summarise(data: Any) -> Summaries:
     return Summaries(table=table, frames=frames)
 
 
+def content_input(summ: Summaries) -> tuple[np.ndarray, np.ndarray] | None:
+    """(pixels (N, 784) uint8, labels) when the format summaries show a table the content checks can read, else
+    None: a table with nulls, missing or repeated columns, non-integers or values outside their ranges is not
+    judged for content (its format failures already stop the gate)."""
+    from pipeline.data.content import image_matrix
+
+    cols = summ.frames["per_column"]
+    pixels = cols[cols["column"] != LABEL_COLUMN]
+    labels = summ.frames["rows"]["label"].to_numpy()
+    readable = (cols["column"].is_unique and set(pixels["column"]) == set(PIXEL_COLUMNS)
+                and LABEL_COLUMN in set(cols["column"]) and bool((cols["null_count"] == 0).all())
+                and bool(cols["is_integer"].all()) and bool((pixels["min"] >= PIXEL_MIN).all())
+                and bool((pixels["max"] <= PIXEL_MAX).all()) and not np.isnan(labels).any()
+                and bool(((labels >= 0) & (labels < N_CLASSES)).all()))
+    return (image_matrix(summ.table), labels.astype(np.int64)) if readable else None
+
+
 def content_frames(summ: Summaries, params: ValidateParams, train_images: np.ndarray | None = None,
                    profile: dict | None = None) -> dict[str, Any]:
     """Add the `content` and `drift` frames to summ.frames; return the content summary for the report.
@@ -171,16 +192,17 @@ def content_frames(summ: Summaries, params: ValidateParams, train_images: np.nda
     from pipeline.data import content
 
     n = summ.table.num_rows
-    x, y = content.image_matrix(summ.table), content.labels_of(summ.table)
+    judged = content_input(summ)
     frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "duplicate_of": np.full(n, -1, np.int64),
                           "degenerate": np.full(n, "", object), "in_train": np.full(n, -1, np.int64),
                           "near_train": np.full(n, -1, np.int64), "near_rms": np.full(n, np.nan)})
     drift_rows = [{"class": c, "name": name, "rows": 0, "pixel_js": None, "mean_image_rmse": None,
                    "intensity_psi": None, "looks_like": ""} for c, name in enumerate(CLASS_NAMES)]
     summary: dict[str, Any] = {}
-    if x is None or y is None:
+    if judged is None:
         summary["skipped"] = "the format checks failed, so the content was not judged"
     else:
+        x, y = judged
         summ.images = x
         frame["duplicate_of"] = content.duplicate_of(x)
         frame["degenerate"] = content.degenerate_kind(x)
@@ -281,29 +303,17 @@ def build_expectations(split: str, params: ValidateParams, cross_split: bool = F
     def share(limit: dict) -> str:
         return f"at most {100 * float(limit['max_share']):g}% of the rows"
 
-    dup, deg, near, leak, drift = (params.duplicates, params.degenerate_images, params.near_duplicates,
-                                   params.test_in_train, params.drift)
+    drift = params.drift
+    what = {"duplicates": "images repeated exactly within the split",
+            "degenerate_images": "blank, constant or saturated images",
+            "test_in_train": "test images identical to a training image",
+            "near_duplicates": f"test images within RMS pixel difference {params.near_duplicates['max_rms']:g} of a "
+                               "training image"}
     content_rows = [
-        E.ExpectColumnValuesToBeInSet(column="duplicate_of", value_set=[-1], mostly=_mostly(dup),
-                                      severity=_severity(dup),
-                                      meta=m("duplicates", f"images repeated exactly within the split: {share(dup)}")),
-        E.ExpectColumnValuesToBeInSet(column="degenerate", value_set=[""], mostly=_mostly(deg),
-                                      severity=_severity(deg),
-                                      meta=m("degenerate_images",
-                                             f"blank, constant or saturated images: {share(deg)}")),
-    ]
-    if cross_split:
-        content_rows += [
-            E.ExpectColumnValuesToBeInSet(column="in_train", value_set=[-1], mostly=_mostly(leak),
-                                          severity=_severity(leak),
-                                          meta=m("test_in_train", f"test images identical to a training image: "
-                                                                  f"{share(leak)}")),
-            E.ExpectColumnValuesToBeInSet(column="near_train", value_set=[-1], mostly=_mostly(near),
-                                          severity=_severity(near),
-                                          meta=m("near_duplicates", f"test images within RMS pixel difference "
-                                                                    f"{near['max_rms']:g} of a training image: "
-                                                                    f"{share(near)}")),
-        ]
+        E.ExpectColumnValuesToBeInSet(column=column, value_set=[passing], mostly=_mostly(limit),
+                                      severity=_severity(limit), meta=m(check, f"{what[check]}: {share(limit)}"))
+        for check, (column, passing, needs_train) in CONTENT_CHECKS.items() if cross_split or not needs_train
+        for limit in (getattr(params, check),)]
     drift_checks = [
         E.ExpectColumnValuesToBeBetween(column=column, max_value=float(drift[key]), severity=_severity(drift),
                                         meta=m(f"drift_{column}", f"{what} vs the reference profile <= "
@@ -552,7 +562,7 @@ def explain(split: str, check: str, result: dict, summ: Summaries, params: Valid
                          for e in examples)
         return (f"{split}: {count} class share(s) outside {lo:g}..{hi:g}: {text}",
                 {"unexpected_count": count}, examples)
-    if check in ("duplicates", "degenerate_images", "test_in_train", "near_duplicates"):
+    if check in CONTENT_CHECKS:
         return _explain_content(split, check, result, summ, params)
     if check.startswith("drift_"):
         return _explain_drift(split, check[len("drift_"):], result, summ, params)
@@ -564,9 +574,8 @@ def _explain_content(split: str, check: str, result: dict, summ: Summaries,
     frame, k = summ.frames["content"], params.max_examples
     n = len(frame)
     limit = getattr(params, check)
-    column = {"duplicates": "duplicate_of", "degenerate_images": "degenerate", "test_in_train": "in_train",
-              "near_duplicates": "near_train"}[check]
-    hit = frame[frame[column] != (-1 if column != "degenerate" else "")]
+    column, passing, _ = CONTENT_CHECKS[check]
+    hit = frame[frame[column] != passing]
     count = len(hit)
     head = (f"{split}: {count} of {n} images ({100 * count / max(n, 1):.2f}%, limit "
             f"{100 * float(limit['max_share']):g}%)")
@@ -723,6 +732,15 @@ def validate_tables(tables: Mapping[str, Any], params: ValidateParams | None = N
 EXAMPLES_GRID = "near_duplicates.png"
 
 
+def near_duplicates_of(report: Any, split: str = "test") -> dict | None:
+    """The near-duplicate measurement of `split` in a gate report (report.json), or None where there is none
+    (a report from before the content checks, a skipped check, or a file that is not such a report)."""
+    node = report
+    for key in ("splits", split, "summary", "content", "near_duplicates"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
 def load_reference(params: ValidateParams) -> dict:
     """The reference profile; a relative path is looked up in the working directory (the repository root under
     DVC), then beside the installed package, where the shipped profile lives."""
@@ -765,16 +783,9 @@ def write_examples_grid(test: SplitResult, train: SplitResult, path: Path, max_p
             tile = Image.fromarray(img.reshape(28, 28)).resize((cell, cell), Image.NEAREST)
             canvas.paste(tile, (x0 + j * (cell + pad), 16 + pad))
         draw.text((x0, 16 + pad + cell + 2), f"t{t_row}/tr{tr_row} {rms:.3f}", fill=0)
-    io.write_bytes(path, _png_bytes(canvas))
+    with io.atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
-
-
-def _png_bytes(image) -> bytes:
-    import io as _stdio
-
-    buf = _stdio.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def render_summary_html(report: dict[str, Any]) -> str:
@@ -797,7 +808,7 @@ def render_summary_html(report: dict[str, Any]) -> str:
         parts.append("<ul>" + "".join(f"<li class='bad'>{escape(m)}</li>" for m in report["failures"]) + "</ul>")
     if report.get("warnings"):
         parts.append("<ul>" + "".join(f"<li>warning: {escape(m)}</li>" for m in report["warnings"]) + "</ul>")
-    near = report["splits"].get("test", {}).get("summary", {}).get("content", {}).get("near_duplicates")
+    near = near_duplicates_of(report)
     if near:
         parts.append(f"<h2>Train/test near-duplicates</h2><p>{near['count']} test images "
                      f"({100 * near['share']:.2f}%) have a training image within RMS pixel difference "
@@ -897,7 +908,7 @@ def validate(interim_dir: Path, report_path: Path, docs_dir: Path, params: Valid
     for split, res in report["splits"].items():
         print(f"validate: {split}: {res['rows']} rows, {res['expectations_total'] - res['expectations_failed']}/"
               f"{res['expectations_total']} expectations passed", file=sys.stderr)
-        near = res["summary"].get("content", {}).get("near_duplicates")
+        near = near_duplicates_of(report, split)
         if near:
             print(f"validate: {split}: {near['count']} images ({100 * near['share']:.2f}%) have a training image "
                   f"within RMS pixel difference {near['max_rms']:g}", file=sys.stderr)
