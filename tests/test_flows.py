@@ -21,7 +21,8 @@ from conftest import REPO, make_workspace
 
 from flows import fingerprint
 from flows.dag import load_stages
-from flows.pipeline_flow import ValidationGateFailed, pipeline_flow, validation_markdown
+from flows.artifacts import validation_markdown
+from flows.pipeline_flow import ValidationGateFailed, pipeline_flow
 from flows.watcher import resource_id, watcher_flow
 
 TARGET = ["split"]
