@@ -14,6 +14,16 @@ from pathlib import Path
 import flows  # noqa: F401  (sets the Prefect/DVC environment defaults before prefect is imported)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -28,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--retries", type=int, default=2, help="retries for transient stage failures (default: 2)")
     run.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="run independent stages at the same time on a local Dask cluster of N worker processes "
+                          "(default: 1, one stage at a time in this checkout; docs/orchestration.md)")
+    run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                     help="use the Dask scheduler at this address (dask-jobqueue, dask-kubernetes, `dask scheduler`) "
+                          "instead of a local cluster")
 
     watch = sub.add_parser("watch", help="check the data source; run the pipeline if it changed")
     common(watch)
@@ -64,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from flows.pipeline_flow import pipeline_flow
 
-            pipeline_flow(workspace=str(workspace), targets=args.targets, retries=args.retries, force=args.force)
+            pipeline_flow(workspace=str(workspace), targets=args.targets, retries=args.retries, force=args.force,
+                          workers=args.workers, dask_address=args.dask_address)
         elif args.command == "watch":
             import time
 

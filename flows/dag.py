@@ -2,7 +2,7 @@
 
 Nothing here declares a stage: the list comes from DVC's own index of the workspace, so a stage added
 to dvc.yaml (or a new `matrix` item such as `train@cnn-simple-42`) becomes a Prefect task with no code change.
-Not about running stages: see flows.dvc_run.
+Not about running stages: see flows.pipeline_flow and flows.parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ class Stage:
     name: str                      # DVC address, e.g. "split" or "train@cnn-simple-42"
     cmd: str
     upstream: tuple[str, ...] = field(default_factory=tuple)   # direct upstream stages (DVC dependencies)
+    # DVC's run cache can record it from a run made elsewhere: no `persist` output and every dependency inside
+    # the workspace. Only such stages go to Dask workers (flows.parallel); the others run in the workspace.
+    portable: bool = False
 
 
 def dvc_env(workspace: Path | None = None) -> dict[str, str]:
@@ -80,5 +83,7 @@ def load_stages(workspace: str | os.PathLike, targets: list[str] | None = None) 
                 continue
             upstream = tuple(sorted((_address(d) for d in graph.successors(node) if d in runnable),
                                     key=lambda n: order.get(by_name[n], 0)))
-            stages.append(Stage(name=_address(node), cmd=str(node.cmd), upstream=upstream))
+            portable = (not any(out.persist for out in node.outs)
+                        and all(dep.is_in_repo for dep in node.deps))
+            stages.append(Stage(name=_address(node), cmd=str(node.cmd), upstream=upstream, portable=portable))
     return stages

@@ -43,6 +43,7 @@ from flows.dag import Stage, dvc_env, dvc_executable, load_stages
 
 VALIDATION_EXIT_CODE = ValidationFailed("").exit_code   # 3
 _DVC_LOCK = threading.Lock()   # one DVC call at a time in this process, whatever the task runner
+RUNNING_GROUPS: set[int] = set()   # process groups of the DVC commands running now (flows.parallel stops them)
 _LOG_TAIL = 40
 
 
@@ -125,23 +126,25 @@ def _level(line: str) -> int:
     return logging.INFO
 
 
-def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False,
-                  timeout_s: float | None = None) -> tuple[int, str, list[str]]:
-    """Run `dvc repro --single-item <stage>` in `workspace`; stream its output lines to `log`.
+def run_dvc(workspace: Path, args: list[str], log=None, timeout_s: float | None = None,
+            env: dict[str, str] | None = None, finish_on_interrupt: bool = False,
+            exclusive: bool = True) -> tuple[int, list[str], bool]:
+    """Run `dvc <args>` in `workspace`, streaming its output lines to `log`: (exit code, lines, timed out?).
 
-    Returns (exit code, "ran" | "restored" | "cached", output lines): "restored" when DVC's run cache held an
-    earlier run with the same inputs and checked its outputs out instead of running the command.
+    exclusive: one DVC call at a time in this process (a workspace takes one DVC command at a time; a Dask
+    worker running stages in separate directories passes False). The command gets its own process group, so that a timeout stops
+    DVC and the stage command it started together. On Ctrl-C (KeyboardInterrupt here) the group gets SIGINT
+    (DVC stops the stage command and records nothing) and is waited for; with `finish_on_interrupt` (a short
+    bookkeeping call such as recording a finished stage) it is left to finish instead, so that no stage is
+    half-recorded. Either way the interrupt is re-raised.
     """
-    cmd = [dvc_executable(), "repro", "--single-item", stage]
-    if force:
-        cmd.append("--force")
     lines: list[str] = []
     timed_out = threading.Event()
-    with _DVC_LOCK:
-        # Its own process group, so that a timeout stops DVC and the stage command it started together.
-        proc = subprocess.Popen(cmd, cwd=workspace, env=dvc_env(workspace), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
-                                start_new_session=True)
+    with _DVC_LOCK if exclusive else contextlib.nullcontext():
+        proc = subprocess.Popen([dvc_executable(), *args], cwd=workspace, env=env or dvc_env(workspace),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                errors="replace", start_new_session=True)
+        RUNNING_GROUPS.add(proc.pid)
         timer = None
         if timeout_s:
             def stop() -> None:
@@ -160,17 +163,46 @@ def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False,
                 if log is not None:
                     log.log(_level(line), line)
             returncode = proc.wait()
+        except KeyboardInterrupt:
+            if not finish_on_interrupt:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+            proc.wait()
+            raise
         finally:
+            RUNNING_GROUPS.discard(proc.pid)
             if timer is not None:
                 timer.cancel()
-    if timed_out.is_set():
-        return returncode, "timed out", lines
+    return returncode, lines, timed_out.is_set()
+
+
+def repro_status(stage: str, lines: list[str]) -> str:
+    """What `dvc repro` did with `stage`: "ran", "restored" (from DVC's run cache) or "cached" (unchanged)."""
     text = "\n".join(lines)
-    skipped = re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text)
-    ran = re.search(rf"Running stage '{re.escape(stage)}'", text)
-    restored = re.search(rf"Stage '{re.escape(stage)}' is cached - skipping run", text)
-    status = "ran" if ran else "restored" if restored else "cached" if skipped else "ran"
-    return returncode, status, lines
+    if re.search(rf"Running stage '{re.escape(stage)}'", text):
+        return "ran"
+    if re.search(rf"Stage '{re.escape(stage)}' is cached - skipping run", text):
+        return "restored"
+    if re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text):
+        return "cached"
+    return "ran"
+
+
+def run_dvc_stage(workspace: Path, stage: str, log=None, force: bool = False, timeout_s: float | None = None,
+                  pull: bool = False, env: dict[str, str] | None = None, finish_on_interrupt: bool = False,
+                  exclusive: bool = True) -> tuple[int, str, list[str]]:
+    """Run `dvc repro --single-item <stage>` in `workspace`; stream its output lines to `log`.
+
+    Returns (exit code, "ran" | "restored" | "cached" | "timed out", output lines): "restored" when DVC's run
+    cache held an earlier run with the same inputs and checked its outputs out instead of running the command.
+    pull: `--pull`, i.e. also look for that earlier run (and its outputs) on the default DVC remote.
+    """
+    args = ["repro", "--single-item", stage] + (["--force"] if force else []) + (["--pull"] if pull else [])
+    returncode, lines, timed_out = run_dvc(workspace, args, log=log, timeout_s=timeout_s, env=env,
+                                           finish_on_interrupt=finish_on_interrupt, exclusive=exclusive)
+    if timed_out:
+        return returncode, "timed out", lines
+    return returncode, repro_status(stage, lines), lines
 
 
 def stale_stages(workspace: Path) -> set[str] | None:
@@ -205,6 +237,24 @@ def _validation_reason(lines: list[str]) -> str:
     return "\n".join(lines[start:end])
 
 
+def raise_for_failure(stage: str, returncode: int, status: str, lines: list[str], timeout_s: float | None,
+                      log) -> None:
+    """Raise the typed failure of a `dvc repro` of `stage` (timeout, data gate, other); nothing on success."""
+    if status == "timed out":
+        raise StageTimedOut(stage, returncode, "\n".join(lines[-_LOG_TAIL:]),
+                            why=f"stopped after its {timeout_s:g} s timeout (orchestration.stage_timeout_s): "
+                                "not retried")
+    if returncode == 0:
+        return
+    if is_validation_failure(returncode, lines):
+        reason = _validation_reason(lines)
+        log.error("validation gate rejected the data (terminal, no retry):\n%s", reason)
+        raise ValidationGateFailed(stage, reason)
+    transient, why = classify_failure(lines)
+    log.error("stage '%s' failed: %s", stage, why)
+    raise StageFailed(stage, returncode, "\n".join(lines[-_LOG_TAIL:]), transient=transient, why=why)
+
+
 # ---------------------------------------------------------------------------------------------- task
 def _retry_if_transient(task, task_run, state) -> bool:
     """Prefect's retry condition: only a StageFailed that classify_failure called transient is retried."""
@@ -234,19 +284,7 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
     started = time.monotonic()
     returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force, timeout_s=timeout_s)
     duration = round(time.monotonic() - started, 2)
-    if status == "timed out":
-        raise StageTimedOut(stage, returncode, "\n".join(lines[-_LOG_TAIL:]),
-                            why=f"stopped after its {timeout_s:g} s timeout (orchestration.stage_timeout_s): "
-                                "not retried")
-    if returncode != 0:
-        if is_validation_failure(returncode, lines):
-            reason = _validation_reason(lines)
-            log.error("validation gate rejected the data (terminal, no retry):\n%s", reason)
-            raise ValidationGateFailed(stage, reason)
-        tail = "\n".join(lines[-_LOG_TAIL:])
-        transient, why = classify_failure(lines)
-        log.error("stage '%s' failed: %s", stage, why)
-        raise StageFailed(stage, returncode, tail, transient=transient, why=why)
+    raise_for_failure(stage, returncode, status, lines, timeout_s, log)
     outcome = StageOutcome(stage=stage, status=status, duration_s=duration)
     if status == "cached":
         log.info("stage '%s' is up to date in the DVC cache: skipped (%.1f s)", stage, duration)
@@ -262,7 +300,8 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
 # ---------------------------------------------------------------------------------------------- flow
 @flow(name="fmnist-pipeline", log_prints=True)
 def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None, retries: int = 2,
-                  retry_delay_s: float = 5.0, force: bool = False) -> list[dict[str, Any]]:
+                  retry_delay_s: float = 5.0, force: bool = False, workers: int = 1,
+                  dask_address: str | None = None) -> list[dict[str, Any]]:
     """Run the workspace's DVC pipeline, one task per stage in dependency order.
 
     workspace: repository root holding dvc.yaml (default: current directory).
@@ -270,6 +309,9 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
     retries / retry_delay_s: for failures that can be transient (classify_failure); bad input, the data gate,
         an exception in stage code and a timeout are never retried.
     force: pass --force to dvc repro (re-run even cached stages).
+    workers / dask_address: run independent stages at the same time on a Dask cluster (flows.parallel):
+        a local one of `workers` processes, or the scheduler at `dask_address`. workers=1 without an
+        address runs one stage at a time in the workspace.
     """
     log = get_run_logger()
     ws = Path(workspace or os.getcwd()).resolve()
@@ -283,42 +325,17 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
         log.warning("could not fingerprint the data source: %s", exc)
         source_fp = None
 
-    outcomes: list[dict[str, Any]] = []
-    blocked: set[str] = set()
-    failure: BaseException | None = None
     (ws / STATE_DIR).mkdir(exist_ok=True)
     with workspace_lock(ws, f"{STATE_DIR}/run.lock"):
         stale = None if force else stale_stages(ws)
         if stale is not None:
             log.info("dvc status: %d stage(s) changed%s", len(stale), f": {', '.join(sorted(stale))}" if stale else "")
-        ran: set[str] = set()        # stages DVC actually executed in this run: their outputs may have changed
-        for stage in stages:
-            if blocked.intersection(stage.upstream):
-                blocked.add(stage.name)
-                outcomes.append({"stage": stage.name, "status": "not run (upstream failed)"})
-                log.warning("stage '%s' not run: an upstream stage failed", stage.name)
-                continue
-            runner = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
-                                            retries=retries, retry_delay_seconds=retry_delay_s)
-            up_to_date = stale is not None and stage.name not in stale and not ran.intersection(stage.upstream)
-            task_state = runner(str(ws), stage.name, force=force, up_to_date=up_to_date,
-                                timeout_s=orchestration.timeout_for(stage.name), return_state=True)
-            if task_state.is_completed():
-                outcome = task_state.result()
-                outcomes.append(outcome)
-                if outcome.get("status") in ("ran", "restored"):   # its outputs may have changed
-                    ran.add(stage.name)
-                continue
-            blocked.add(stage.name)
-            try:
-                task_state.result()
-            except BaseException as exc:   # noqa: BLE001 - we re-raise the first one below
-                error = exc
-            else:
-                error = RuntimeError(f"stage '{stage.name}' ended in state {task_state.type.value}")
-            outcomes.append({"stage": stage.name,
-                             "status": "failed (validation)" if isinstance(error, ValidationGateFailed) else "failed"})
-            failure = failure or error
+        from flows.parallel import dask_task_runner, run_stages   # (it imports this module)
+
+        parallel = workers > 1 or bool(dask_address)
+        with dask_task_runner(workers, dask_address) if parallel else contextlib.nullcontext() as runner:
+            outcomes, failure = run_stages(ws, stages, runner, stale=stale, force=force, orchestration=orchestration,
+                                           retries=retries, retry_delay_s=retry_delay_s, log=log)
         publish_artifacts(ws, outcomes)
     if failure is not None:
         if isinstance(failure, ValidationGateFailed):

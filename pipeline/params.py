@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -63,6 +63,10 @@ def _type_name(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        names = [{True: "true", False: "false", None: "null"}.get(a, str(a)) if not isinstance(a, str) else a
+                 for a in args]
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     if origin is list:
         return f"a list of {_type_name(args[0])}" if args else "a list"
     if origin is dict:
@@ -77,6 +81,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in args)
+    if origin is Literal:   # exact type too: YAML's true must not match 1, nor 1 match true
+        return any(type(value) is type(a) and value == a for a in args)
     if origin is list:
         return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
     if origin is dict:
@@ -162,8 +168,10 @@ class TrainParams:
     # true: the exact GradientBoostingClassifier(100 trees, depth 10) (~2-2.5 h on 2 cores) instead of
     # the HistGradientBoostingClassifier stand-in.
     exact_gradient_boosting: bool = False
-    # mixed_float16 on a GPU (ignored on CPU).
-    mixed_precision: bool = False
+    # Keras mixed_float16 training: "auto" = on when the backend sees a GPU with float16 Tensor Cores (compute
+    # capability 7.0+, or unknown); true = on whenever a GPU is visible; false = off. Never on CPU
+    # (pipeline.train.resolve_mixed_precision).
+    mixed_precision: Literal[True, False, "auto"] = "auto"
     # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
     tf_data: bool = True
 
@@ -216,11 +224,19 @@ class OrchestrationParams:
     # Seconds a stage may run under `python -m flows run` before it is stopped: `default`, or per stage family
     # (the name before '@': `train` covers every train@<model>-<seed>). `dvc repro` does not read this section.
     stage_timeout_s: dict[str, float]
+    # CPU threads a stage asks a Dask worker for under `python -m flows run --workers N` (same keys as above).
+    stage_cpus: dict[str, int]
 
     def __post_init__(self):
         if "default" not in self.stage_timeout_s or any(v <= 0 for v in self.stage_timeout_s.values()):
             raise PipelineError("params.yaml: orchestration.stage_timeout_s needs a `default` and positive "
                                 f"numbers of seconds, got {self.stage_timeout_s}")
+        if "default" not in self.stage_cpus or any(v < 1 for v in self.stage_cpus.values()):
+            raise PipelineError("params.yaml: orchestration.stage_cpus needs a `default` and whole numbers of "
+                                f"CPU threads >= 1, got {self.stage_cpus}")
+
+    def cpus_for(self, stage: str) -> int:
+        return int(self.stage_cpus.get(stage.split("@")[0], self.stage_cpus["default"]))
 
     def timeout_for(self, stage: str) -> float:
         return float(self.stage_timeout_s.get(stage.split("@")[0], self.stage_timeout_s["default"]))

@@ -1,0 +1,497 @@
+"""Independent DVC stages at the same time, on Dask workers (prefect-dask), with DVC's bookkeeping intact.
+
+DVC runs one command at a time per checkout, so a worker never runs a stage in the workspace. Each stage
+that DVC's run cache can record (flows.dag.Stage.portable: no `persist` output, every dependency in the
+repository) goes to a Dask worker, which runs it in a clone of its own:
+
+1. the clone is the workspace's source files (what git would commit: tracked plus untracked, not ignored),
+   shipped inside the task (no shared disk needed), plus the coordinator's dvc.lock at dispatch time;
+2. the worker pulls the outputs of the stage's upstream stages from the DVC remote (`dvc pull <upstream>`),
+   runs `dvc repro --single-item --pull <stage>` (restored from the remote's run cache when that run was
+   ever pushed), and pushes the outputs and the run-cache entry (`dvc push --run-cache <stage>`);
+3. the coordinator records the stage in the workspace with `dvc repro --single-item --pull <stage>`: DVC
+   finds the pushed run and checks its outputs out ("restored") instead of running the command, and writes
+   dvc.lock exactly as a serial `dvc repro` would for the same inputs.
+
+A stage is dispatched only after all its upstream stages are recorded. The other stages (fetch, ingest,
+validate: persistent outputs, data outside the repository) run in the workspace as in a serial run.
+Everything goes through DVC's CLI; the coordinator makes one DVC call at a time, each worker clone one.
+Resources: params.yaml `orchestration.stage_cpus`; see `local_cluster` and `stage_resources`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.errors import PipelineError
+from pipeline.io import write_text
+
+from flows.dag import Stage, dvc_env
+from flows.pipeline_flow import (StageFailed, _retry_if_transient, classify_failure, raise_for_failure, run_dvc,
+                                 run_dvc_stage)
+
+# The thread pools a stage's libraries size from the environment: BLAS/OpenMP (numpy, scikit-learn),
+# joblib's n_jobs=-1 (LOKY_MAX_CPU_COUNT) and TensorFlow's intra-/inter-op pools.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "LOKY_MAX_CPU_COUNT", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+# ------------------------------------------------------------------------------------- coordinator side
+@dataclass(frozen=True)
+class Snapshot:
+    """The workspace's source files as one tar archive: what a worker's clone starts from."""
+    digest: str
+    archive: bytes
+    files: int
+
+
+def take_snapshot(workspace: Path) -> Snapshot:
+    """Tar the files git would commit (tracked, plus untracked files that are not ignored), without dvc.lock.
+
+    dvc.lock travels separately with each stage (it changes as stages are recorded). Raises PipelineError for
+    a workspace that is not a git repository: git's ignore rules are what separates sources from outputs.
+    """
+    proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=workspace,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"{workspace}: not a git repository ({proc.stderr.decode(errors='replace').strip()})",
+                            hint="parallel runs ship the files git would commit to each worker: run `git init` "
+                                 "there, or run without --workers")
+    names = sorted({n for n in proc.stdout.decode().split("\0") if n and n != "dvc.lock"})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in names:
+            path = workspace / name
+            if not path.is_file():   # deleted but still tracked, or a submodule
+                continue
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+    archive = buffer.getvalue()
+    return Snapshot(digest=hashlib.sha256(archive).hexdigest(), archive=archive, files=len(names))
+
+
+def default_remote_url(workspace: Path) -> str:
+    """The URL of the workspace's default DVC remote; a local path made absolute (workers see another cwd)."""
+    rc, lines, _ = run_dvc(workspace, ["remote", "default"])
+    name = lines[-1].strip() if rc == 0 and lines else ""
+    if not name or name.startswith("ERROR"):
+        raise PipelineError(f"{workspace}: no default DVC remote",
+                            hint="parallel runs exchange stage outputs through the DVC remote: "
+                                 "`dvc remote add -d <name> <url>` (README, 'Sharing results: the DVC remote')")
+    rc, lines, _ = run_dvc(workspace, ["remote", "list"])
+    # `name<TAB>url` per remote, `(default)` after the default one's
+    urls = {parts[0]: parts[1] for parts in (line.split() for line in lines) if rc == 0 and len(parts) >= 2}
+    url = urls.get(name, "")
+    if not url:
+        raise PipelineError(f"{workspace}: the default DVC remote '{name}' has no URL", hint="see `dvc remote list`")
+    if "://" not in url and not Path(url).is_absolute():   # DVC resolves it from .dvc/, where the config is
+        url = str((workspace / ".dvc" / url).resolve())
+    return url
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine (`nvidia-smi -L`); 0 when there is no driver."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
+
+
+def local_cluster(n_workers: int, gpus: int | None = None, prefect_api_url: str | None = None):
+    """A Dask cluster on this machine: `n_workers` processes, one stage at a time each, the cores split evenly.
+
+    Each worker declares its share as the resource CPU (and GPU=1 for the first workers when there are NVIDIA
+    GPUs, each seeing only its own: CUDA_VISIBLE_DEVICES), so that N concurrent stages never ask for more
+    threads than the machine has (stage_resources). `prefect_api_url`: the Prefect API the workers report
+    their task runs and logs to (the flow's own, so that an ephemeral run's workers do not start servers of
+    their own).
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    gpus = gpu_count() if gpus is None else gpus
+    share = max(1, (os.cpu_count() or 1) // n_workers)
+    workers = {}
+    for i in range(n_workers):
+        resources: dict[str, float] = {"CPU": share}
+        env: dict[str, str] = {"PREFECT_API_URL": prefect_api_url} if prefect_api_url else {}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i) if i < gpus else ""
+            if i < gpus:
+                resources["GPU"] = 1
+        # memory_limit 0: the stage runs in a subprocess the worker's memory monitor does not see anyway.
+        workers[f"stage-worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": resources,
+                                                                   "env": env, "memory_limit": 0}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="fmnist-pipeline")
+
+
+def dask_task_runner(workers: int, address: str | None):
+    """prefect-dask's DaskTaskRunner: an existing scheduler at `address`, else a local_cluster of `workers`."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:   # the running flow's API (ephemeral or a server)
+        api_url = str(client.api_url)
+    return DaskTaskRunner(cluster_class=local_cluster,
+                          cluster_kwargs={"n_workers": workers, "prefect_api_url": api_url})
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    workers: int
+    max_cpu: float | None    # the largest CPU resource a worker declares (None: no worker declares one)
+    gpu_workers: int
+
+
+def cluster_shape(client, timeout_s: float = 120.0) -> ClusterShape:
+    """What the scheduler's workers declare. Waits (bounded) for at least one worker to join."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except Exception as exc:   # distributed raises its own TimeoutError
+        raise PipelineError(f"no Dask worker joined the scheduler within {timeout_s:g} s ({exc})",
+                            hint="start workers: `dask worker tcp://HOST:PORT --nthreads 1 --resources CPU=<n>`")
+    infos = client.scheduler_info().get("workers", {}).values()
+    cpus = [w.get("resources", {}).get("CPU") for w in infos]
+    declared = [c for c in cpus if c]
+    return ClusterShape(workers=len(cpus), max_cpu=max(declared) if declared else None,
+                        gpu_workers=sum(1 for w in infos if w.get("resources", {}).get("GPU")))
+
+
+def stage_resources(stage: Stage, cpus: int, wants_gpu: bool, shape: ClusterShape) -> dict[str, float]:
+    """The Dask resources to annotate a stage's task with; never more than some worker has (it would wait
+    forever). `cpus` is what the stage declares (params.yaml orchestration.stage_cpus)."""
+    resources: dict[str, float] = {}
+    if shape.max_cpu:
+        resources["CPU"] = min(float(cpus), shape.max_cpu)
+    if wants_gpu and shape.gpu_workers:
+        resources["GPU"] = 1
+    return resources
+
+
+# ------------------------------------------------------------------------------------------ worker side
+_SLOTS = threading.Lock()
+_BUSY: set[int] = set()
+
+
+@contextlib.contextmanager
+def _slot():
+    """A clone directory per concurrently running stage on this worker (one DVC command per checkout)."""
+    with _SLOTS:
+        slot = next(i for i in range(len(_BUSY) + 1) if i not in _BUSY)
+        _BUSY.add(slot)
+    try:
+        yield slot
+    finally:
+        with _SLOTS:
+            _BUSY.discard(slot)
+
+
+def _worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):   # not inside a Dask worker (tests call the task directly)
+        return None
+
+
+def _worker_root(worker) -> Path:
+    # Dask's per-worker scratch directory (removed when the worker closes): clones and the worker's DVC cache.
+    root = Path(worker.local_directory) if worker is not None else Path(tempfile.gettempdir()) / "fmnist-worker"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def prepare_clone(root: Path, snapshot: Snapshot, slot: int, remote_url: str) -> Path:
+    """The clone for `snapshot` in `slot` under `root`: unpacked once (atomically), DVC pointed at the remote
+    and at a cache shared by the worker's clones, without git (core.no_scm)."""
+    clone = root / f"clone-{snapshot.digest[:16]}-{slot}"
+    if not (clone / ".dvc").is_dir():
+        staging = root / f".unpacking-{uuid.uuid4().hex}"
+        with tarfile.open(fileobj=io.BytesIO(snapshot.archive)) as tar:
+            tar.extractall(staging, filter="data")
+        (staging / ".dvc").mkdir(exist_ok=True)
+        cache_every_output(staging / "dvc.yaml")
+        shutil.rmtree(clone, ignore_errors=True)
+        staging.rename(clone)
+    config = (f"[core]\n    no_scm = true\n    remote = coordinator\n    analytics = false\n"
+              f"[cache]\n    dir = {root / 'dvc-cache'}\n"
+              f"['remote \"coordinator\"']\n    url = {remote_url}\n")
+    write_text(clone / ".dvc" / "config.local", config)
+    return clone
+
+
+def cache_every_output(dvc_yaml: Path) -> None:
+    """In a worker's clone, turn `cache: false` outputs (small metrics/plots files that the workspace commits to
+    git) into cached ones, so that `dvc push` sends them to the remote with the rest.
+
+    DVC 3 pushes neither uncached outputs nor the outputs behind run-cache entries (dvc/repo/push.py), while the
+    coordinator's restore needs every output of the run on the remote. The `cache` flag is not part of the
+    run-cache key (DVC hashes the stage's lock entry: command, dependencies, parameters, output paths), so the
+    clone's runs are found by the workspace, which then checks these files out as the plain files it tracks.
+    """
+    import yaml
+
+    document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
+    for definition in (document.get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in definition.get(kind) or []:
+                if isinstance(entry, dict):
+                    for flags in entry.values():
+                        if isinstance(flags, dict) and flags.get("cache") is False:
+                            flags["cache"] = True
+    write_text(dvc_yaml, yaml.safe_dump(document, sort_keys=False))
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in THREAD_VARIABLES}
+
+
+def _granted_threads(worker, cpus: float) -> int:
+    """A worker that runs one stage at a time gives it all its CPUs; one that runs several gives each the
+    CPUs it asked for (Dask keeps their sum within the worker's CPU resource)."""
+    if worker is None:
+        return max(1, int(cpus))
+    declared = worker.state.total_resources.get("CPU")
+    if worker.state.nthreads == 1:
+        return max(1, int(declared or cpus))
+    return max(1, int(min(cpus, declared) if declared else cpus))
+
+
+@task(name="dvc-stage-on-worker", retry_condition_fn=_retry_if_transient, persist_result=False,
+      cache_policy=NO_CACHE)
+def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, lock_text: str, remote_url: str,
+                        cpus: float = 1, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one stage in this worker's clone and push its outputs and run-cache entry to the DVC remote."""
+    log = get_run_logger()
+    worker = _worker()
+    where = getattr(worker, "name", None) or "local"
+    started = time.monotonic()
+    with _slot() as slot:
+        clone = prepare_clone(_worker_root(worker), snapshot, slot, remote_url)
+        write_text(clone / "dvc.lock", lock_text)
+        threads = _granted_threads(worker, cpus)
+        env = {**dvc_env(clone), **thread_env(threads)}
+        log.info("stage '%s' on worker %s (clone %s, %d thread(s))", stage, where, clone.name, threads)
+        if upstream:
+            returncode, lines, _ = run_dvc(clone, ["pull", *upstream], env=env, exclusive=False)
+            if returncode != 0:
+                transient, why = classify_failure(lines)
+                log.error("stage '%s': could not pull its inputs from the DVC remote %s", stage, remote_url)
+                raise StageFailed(stage, returncode, "\n".join(lines[-40:]), transient=transient,
+                                  why=f"pulling its inputs from the DVC remote failed; {why}")
+        returncode, status, lines = run_dvc_stage(clone, stage, log=log, timeout_s=timeout_s, pull=True, env=env,
+                                                  exclusive=False)
+        raise_for_failure(stage, returncode, status, lines, timeout_s, log)
+        returncode, lines, _ = run_dvc(clone, ["push", "--run-cache", stage], env=env, exclusive=False)
+        if returncode != 0:
+            transient, why = classify_failure(lines)
+            raise StageFailed(stage, returncode, "\n".join(lines[-40:]), transient=transient,
+                              why=f"pushing its outputs to the DVC remote failed; {why}")
+    duration = round(time.monotonic() - started, 2)
+    log.info("stage '%s' %s on worker %s in %.1f s; outputs pushed", stage, status, where, duration)
+    return {"stage": stage, "status": status, "duration_s": duration, "worker": where, "threads": threads}
+
+
+def stop_stage_processes() -> int:
+    """Stop the DVC commands this worker process started (run through `client.run` when a run is interrupted)."""
+    from flows import pipeline_flow
+
+    stopped = 0
+    for pgid in list(pipeline_flow.RUNNING_GROUPS):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGINT)
+            stopped += 1
+    return stopped
+
+
+# ------------------------------------------------------------------------------------------- the run
+def wants_gpu(stage: str) -> bool:
+    """Training and evaluating a Keras model use a GPU where a worker has one (the registry says which are)."""
+    from pipeline.models import registry
+
+    family, _, item = stage.partition("@")
+    if family not in ("train", "evaluate") or not item:
+        return False
+    model = item.rsplit("-", 1)[0]
+    return model in registry.names() and registry.get(model).family == "keras"
+
+
+def _final_state(future):
+    """The Prefect state a finished Dask future carries (prefect-dask submits with return_type="state")."""
+    return future.wrapped_future.result()
+
+
+def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None, force: bool, orchestration,
+               retries: int, retry_delay_s: float, log) -> tuple[list[dict[str, Any]], BaseException | None]:
+    """Run `stages` (topological order): with a Dask `runner`, independent portable ones at once on its
+    cluster; without one (runner None), one at a time in the workspace, in order.
+
+    Returns (outcomes in DAG order, the first failure or None). A failed stage stops only what depends on it;
+    the data gate's exit 3 therefore stops everything (all later stages depend on validate). On Ctrl-C the
+    workers' DVC commands are stopped, nothing more is recorded, and the interrupt propagates: the next run
+    starts from what dvc.lock holds.
+    """
+    from flows.pipeline_flow import ValidationGateFailed, run_stage
+
+    if runner is not None:
+        remote_url = default_remote_url(ws)
+        snapshot = take_snapshot(ws)
+        client = runner.client
+        shape = cluster_shape(client)
+        log.info("parallel run on %d Dask worker(s) (%s); stage outputs travel through the DVC remote %s; "
+                 "workspace sources: %d files, %.1f MiB", shape.workers, client.scheduler.address, remote_url,
+                 snapshot.files, len(snapshot.archive) / 2**20)
+    outcomes: dict[str, dict[str, Any]] = {}
+    done: set[str] = set()            # recorded in the workspace's dvc.lock (or up to date)
+    failed: set[str] = set()          # failed, or not run because an upstream stage failed
+    ran: set[str] = set()             # ran or restored in this run: their outputs may have changed
+    on_remote: set[str] = set()       # outputs known to be on the DVC remote
+    in_flight: dict[Any, str] = {}
+    failure: BaseException | None = None
+    run_cache_pushed = False
+
+    def finish_locally(stage: Stage, up_to_date: bool) -> None:
+        nonlocal failure
+        runner_task = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name, retries=retries,
+                                             retry_delay_seconds=retry_delay_s)
+        state = runner_task(str(ws), stage.name, force=force, up_to_date=up_to_date,
+                            timeout_s=orchestration.timeout_for(stage.name), return_state=True)
+        settle(stage.name, state)
+
+    def settle(name: str, state, extra: dict[str, Any] | None = None) -> None:
+        nonlocal failure
+        if state.is_completed():
+            outcome = {**state.result(), **(extra or {})}
+            outcomes[name] = outcome
+            done.add(name)
+            if outcome.get("status") in ("ran", "restored"):
+                ran.add(name)
+            return
+        failed.add(name)
+        try:
+            state.result()
+        except BaseException as exc:   # noqa: BLE001 - the first one is re-raised by the flow
+            error = exc
+        else:
+            error = RuntimeError(f"stage '{name}' ended in state {state.type.value}")
+        outcomes[name] = {"stage": name, "status": "failed (validation)"
+                          if isinstance(error, ValidationGateFailed) else "failed"}
+        failure = failure or error
+
+    def ensure_on_remote(names: list[str]) -> None:
+        """Push the outputs of upstream stages a worker will pull (once per stage and run)."""
+        nonlocal run_cache_pushed
+        missing = [n for n in names if n not in on_remote]
+        if not missing and run_cache_pushed:
+            return
+        # The first push also sends the workspace's run cache, so that a worker restores what this workspace
+        # already ran instead of running it again.
+        args = ["push"] + ([] if run_cache_pushed else ["--run-cache"]) + missing
+        returncode, lines, _ = run_dvc(ws, args)
+        if returncode != 0:
+            raise StageFailed(",".join(missing), returncode, "\n".join(lines[-40:]),
+                              why="pushing inputs to the DVC remote failed")
+        on_remote.update(missing)
+        run_cache_pushed = True
+
+    def dispatch(stage: Stage) -> None:
+        import dask
+
+        ensure_on_remote(list(stage.upstream))
+        resources = stage_resources(stage, orchestration.cpus_for(stage.name), wants_gpu(stage.name), shape)
+        task_run = run_stage_on_worker.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
+                                                    retries=retries, retry_delay_seconds=retry_delay_s)
+        lock_text = (ws / "dvc.lock").read_text(encoding="utf-8") if (ws / "dvc.lock").exists() else ""
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            future = runner.submit(task_run, parameters={
+                "stage": stage.name, "upstream": list(stage.upstream), "snapshot": snapshot,
+                "lock_text": lock_text, "remote_url": remote_url, "cpus": resources.get("CPU", 1),
+                "timeout_s": orchestration.timeout_for(stage.name)})
+        in_flight[future] = stage.name
+        log.info("stage '%s' dispatched to the Dask cluster (resources %s)", stage.name, resources or "none")
+
+    def record(name: str, worker_outcome: dict[str, Any]) -> None:
+        """Record a stage a worker ran: DVC restores it from the run cache the worker pushed."""
+        returncode, status, lines = run_dvc_stage(ws, name, log=log, pull=True, finish_on_interrupt=True)
+        if returncode != 0:
+            failed.add(name)
+            outcomes[name] = {"stage": name, "status": "failed (recording)"}
+            nonlocal failure
+            failure = failure or StageFailed(name, returncode, "\n".join(lines[-40:]),
+                                             why="recording the worker's run in the workspace failed")
+            return
+        if status == "ran":   # the worker's run was not on the remote: DVC ran the stage here instead
+            log.warning("stage '%s': the worker's run was not found on the DVC remote; it ran again here", name)
+        outcomes[name] = {**worker_outcome, "recorded": status}
+        done.add(name)
+        on_remote.add(name)
+        if worker_outcome.get("status") in ("ran", "restored") or status == "ran":
+            ran.add(name)
+
+    try:
+        while True:
+            progressed = True
+            while progressed:
+                progressed = False
+                for stage in stages:
+                    name = stage.name
+                    if name in outcomes or name in in_flight.values():
+                        continue
+                    if failed.intersection(stage.upstream):
+                        failed.add(name)
+                        outcomes[name] = {"stage": name, "status": "not run (upstream failed)"}
+                        log.warning("stage '%s' not run: an upstream stage failed", name)
+                        progressed = True
+                        continue
+                    if not done.issuperset(stage.upstream):
+                        continue
+                    up_to_date = stale is not None and name not in stale and not ran.intersection(stage.upstream)
+                    if runner is None or up_to_date or not stage.portable:
+                        finish_locally(stage, up_to_date)
+                    else:
+                        dispatch(stage)
+                    progressed = True
+            if not in_flight:
+                break
+            from distributed import wait
+
+            with client.as_current():
+                finished, _ = wait([f.wrapped_future for f in in_flight], return_when="FIRST_COMPLETED")
+            for future in [f for f in in_flight if f.wrapped_future in finished]:
+                name = in_flight.pop(future)
+                state = _final_state(future)
+                if state.is_completed():
+                    record(name, state.result())
+                else:
+                    settle(name, state)
+    except BaseException:
+        # Ctrl-C or an error here: stop what the workers run; nothing more gets recorded.
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                client.run(stop_stage_processes)
+        raise
+    return [outcomes[s.name] for s in stages if s.name in outcomes], failure
