@@ -1,23 +1,50 @@
-# CPU image (default target): installs exactly what `make setup` installs, runs `make run` (dvc repro).
-#   docker build -t fmnist-pipeline .            && docker run --rm fmnist-pipeline
-# GPU image (NVIDIA, CUDA wheels via pip):
-#   docker build --target gpu -t fmnist-pipeline:gpu . && docker run --rm --gpus all fmnist-pipeline:gpu
-FROM python:3.11-slim-bookworm AS cpu
+# Two targets; both install exactly what `make setup` installs, then run `make run` (dvc repro).
+#   CPU (default):  docker build -t fmnist-pipeline .
+#   GPU (NVIDIA):   docker build --target gpu -t fmnist-pipeline:gpu .   (TensorFlow's CUDA build, requirements-gpu.lock)
+# Run so that the results stay (named volumes for data, models, metrics and DVC's cache; the report in ./reports):
+# README, "Docker". Layers: system packages, then Python dependencies from the lock files only, then the source;
+# editing a .py rebuilds the last layers in seconds and never reinstalls TensorFlow.
+FROM python:3.11-slim-bookworm AS base
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false TF_CPP_MIN_LOG_LEVEL=2
-# System packages: the same list as scripts/install-system-deps.sh, plus git/make that a fresh clone needs.
+# System packages: what `make setup` installs, by running the same script (as root here), plus git and make.
+COPY scripts/install-system-deps.sh /tmp/install-system-deps.sh
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist git make \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends git make \
+ && /tmp/install-system-deps.sh \
+ && rm -rf /var/lib/apt/lists/* /tmp/install-system-deps.sh
 RUN useradd --create-home --uid 1000 app
 WORKDIR /home/app/fmnist-pipeline
-# .git is part of the context on purpose: DVC needs the repository.
-COPY --chown=app:app . .
+RUN chown app:app /home/app/fmnist-pipeline
 USER app
+# Only what `make setup` reads, and an empty package skeleton (and README, which pyproject.toml names) so that
+# `pip install -e .` can register the packages now; their code arrives with the source COPY below (the editable
+# install points at this directory), so editing code or docs does not invalidate this layer.
+COPY --chown=app:app Makefile pyproject.toml requirements.lock requirements-gpu.lock ./
+COPY --chown=app:app scripts/install-system-deps.sh scripts/
+RUN mkdir -p pipeline flows && touch pipeline/__init__.py flows/__init__.py README.md
+
+FROM base AS cpu
+# tensorflow-cpu from requirements.lock, whatever the build or run machine has (GPU=0 skips nvidia-smi detection).
+ENV GPU=0
 RUN make setup
+# The source (.dockerignore keeps out .git, the venv, data and results). Without .git, DVC runs with
+# core.no_scm (.dvc/config.local); dvc.lock and the run cache work the same.
+COPY --chown=app:app . .
+RUN .venv/bin/dvc config --local core.no_scm true \
+ && mkdir -p data models metrics reports .dvc/cache
+VOLUME ["/home/app/fmnist-pipeline/data", "/home/app/fmnist-pipeline/models", "/home/app/fmnist-pipeline/metrics", \
+        "/home/app/fmnist-pipeline/reports", "/home/app/fmnist-pipeline/.dvc/cache"]
 CMD ["make", "run"]
 
-FROM cpu AS gpu
-# Same pins, but TensorFlow's CUDA build instead of tensorflow-cpu; GPU is picked up automatically.
-RUN .venv/bin/python -m pip uninstall -y tensorflow-cpu \
- && .venv/bin/python -m pip install "tensorflow[and-cuda]==2.21.0"
+FROM base AS gpu
+# TensorFlow's CUDA build and its nvidia-* wheels from requirements-gpu.lock (a build has no GPU to detect, so
+# GPU=1 says so). Run it with `docker run --gpus all` (NVIDIA Container Toolkit on the host).
+ENV GPU=1
+RUN make setup
+COPY --chown=app:app . .
+RUN .venv/bin/dvc config --local core.no_scm true \
+ && mkdir -p data models metrics reports .dvc/cache
+VOLUME ["/home/app/fmnist-pipeline/data", "/home/app/fmnist-pipeline/models", "/home/app/fmnist-pipeline/metrics", \
+        "/home/app/fmnist-pipeline/reports", "/home/app/fmnist-pipeline/.dvc/cache"]
+CMD ["make", "run"]

@@ -14,7 +14,18 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup run test gate bench flow clean-venv
 
-setup: $(VENV)/.installed
+# GPU=1: TensorFlow's CUDA build from requirements-gpu.lock; GPU=0: tensorflow-cpu from requirements.lock.
+# Default: 1 when `nvidia-smi -L` lists at least one GPU (an NVIDIA driver is installed and sees a GPU), else 0.
+ifeq ($(origin GPU),undefined)
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU [0-9]' && echo 1 || echo 0)
+endif
+ifeq ($(GPU),1)
+SETUP_STAMP := $(VENV)/.installed-gpu
+else
+SETUP_STAMP := $(VENV)/.installed
+endif
+
+setup: $(SETUP_STAMP)
 
 $(VENV)/.installed: pyproject.toml requirements.lock scripts/install-system-deps.sh
 	scripts/install-system-deps.sh
@@ -23,6 +34,24 @@ $(VENV)/.installed: pyproject.toml requirements.lock scripts/install-system-deps
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $@
+
+# The GPU venv: exactly requirements-gpu.lock (tensorflow + its nvidia-* CUDA wheels instead of tensorflow-cpu,
+# every other version the same), then this package without its declared deps (they name tensorflow-cpu).
+# tensorflow-cpu goes first: both wheels install the same `tensorflow` package directory.
+$(VENV)/.installed-gpu: pyproject.toml requirements-gpu.lock scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %d.%d)" % sys.version_info[:2])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/python -m pip install --quiet -r requirements-gpu.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed
+	touch $@
+
+## clean-venv: remove the virtualenv (e.g. to go back from the GPU build to tensorflow-cpu); `make setup` rebuilds it.
+clean-venv:
+	rm -rf $(VENV)
 
 ## run: the main job: the whole DAG (fetch -> ... -> publish) with DVC; cached stages are skipped.
 run: setup

@@ -34,8 +34,9 @@ bits. scikit-learn models are deterministic given random_state.
 
 Input pipeline: with the TensorFlow backend, tf.data (uint8 arrays -> cache -> seeded shuffle ->
 batch -> scale/one-hot -> repeat -> prefetch, one iterator for the whole fit); with any other backend,
-plain NumPy arrays. Model code never uses tf.*. A GPU is used automatically when the backend sees one;
-`train.mixed_precision: true` enables mixed_float16 there (ignored on CPU).
+plain NumPy arrays. Model code never uses tf.*. A GPU is used automatically when the backend sees one
+(`make setup` installs TensorFlow's CUDA build on a machine with an NVIDIA GPU); `train.mixed_precision`
+(auto | true | false) decides mixed_float16 there (resolve_mixed_precision; never on CPU).
 """
 
 from __future__ import annotations
@@ -95,6 +96,54 @@ def detect_device() -> str:
     except Exception:  # device probing must never break training
         pass
     return "CPU"
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """(major, minor) of the first GPU the active Keras backend sees, or None (no GPU, or it cannot tell)."""
+    backend = keras_backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+                return (int(cc[0]), int(cc[1])) if cc else None
+        elif backend == "jax":
+            import jax
+            dev = jax.devices()[0]
+            cc = getattr(dev, "compute_capability", None)   # e.g. "9.0" on CUDA devices
+            if dev.platform == "gpu" and cc:
+                major, minor = str(cc).split(".")[:2]
+                return int(major), int(minor)
+        elif backend == "torch":
+            import torch
+            if torch.cuda.is_available():
+                return tuple(torch.cuda.get_device_capability(0))
+    except Exception:  # probing must never break training
+        pass
+    return None
+
+
+# Tensor Cores (fast float16 matrix math) arrived with compute capability 7.0 (Volta); on older GPUs
+# mixed_float16 is no faster, or slower (TensorFlow's mixed-precision guide).
+MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
+
+
+def resolve_mixed_precision(setting: bool | str, device: str,
+                            capability: tuple[int, int] | None = None) -> tuple[bool, str]:
+    """params.yaml `train.mixed_precision` (True | False | "auto") on `device` ('CPU' or the GPU's name, as
+    detect_device says) -> (train in mixed_float16?, why). Never on CPU: float16 math is emulated there."""
+    if setting is False:
+        return False, "off (train.mixed_precision: false)"
+    if device == "CPU":
+        return False, ("off: no GPU visible" + (" (train.mixed_precision: true applies on a GPU only)"
+                                                 if setting is True else ""))
+    if setting is True:
+        return True, f"on: {device} (train.mixed_precision: true)"
+    if capability is not None and tuple(capability) < MIXED_PRECISION_MIN_CAPABILITY:
+        return False, (f"off: {device} has compute capability {capability[0]}.{capability[1]}, below 7.0 (no "
+                       "float16 Tensor Cores); set train.mixed_precision: true to force it")
+    return True, f"on: {device} (train.mixed_precision: auto)"
 
 
 def fingerprint(spec: ModelSpec, hp: dict, seed: int, x_train, y_train, x_val, y_val, extra: dict) -> str:
@@ -167,15 +216,15 @@ def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_d
     import keras
 
     device = detect_device()
-    if mixed_precision and device != "CPU":
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    else:
-        keras.mixed_precision.set_global_policy("float32")
+    use_mp, why = resolve_mixed_precision(mixed_precision, device,
+                                          gpu_compute_capability() if device != "CPU" else None)
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+    log(f"train [{spec.name}]: mixed precision {why}")
     keras.utils.set_random_seed(seed)
     epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
     steps = int(np.ceil(len(x_train) / batch_size))
     fp = fingerprint(spec, hp, seed, x_train, y_train, x_val, y_val,
-                     {"mixed_precision": bool(mixed_precision and device != "CPU"), "backend": keras_backend()})
+                     {"mixed_precision": use_mp, "backend": keras_backend()})
 
     rows: list[dict] = []
     initial_epoch = 0
@@ -286,7 +335,7 @@ def _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, *, seed, exact_grad
 # ------------------------------------------------------------------------------------ pure core
 def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray,
                 x_val: np.ndarray, y_val: np.ndarray, *, seed: int = 42, checkpoint_dir: Path | None = None,
-                callbacks: Iterable = (), mixed_precision: bool = False, exact_gradient_boosting: bool = False,
+                callbacks: Iterable = (), mixed_precision: bool | str = False, exact_gradient_boosting: bool = False,
                 use_tf_data: bool = True, verbose: int = 2):
     """Train `spec` on uint8 images (N,28,28) + int labels. Returns (model, history rows, train.json dict).
 
