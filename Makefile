@@ -15,9 +15,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 .PHONY: setup run test gate bench flow clean-venv
 
 # GPU=1: TensorFlow's CUDA build from requirements-gpu.lock; GPU=0: tensorflow-cpu from requirements.lock.
-# Default: 1 when `nvidia-smi -L` lists at least one GPU (an NVIDIA driver is installed and sees a GPU), else 0.
-ifeq ($(origin GPU),undefined)
-GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU [0-9]' && echo 1 || echo 0)
+# Default (GPU unset, or set to anything but 0/1): 1 when `nvidia-smi -L` lists at least one GPU, else 0.
+ifeq ($(filter 0 1,$(GPU)),)
+override GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU [0-9]' && echo 1 || echo 0)
 endif
 ifeq ($(GPU),1)
 SETUP_STAMP := $(VENV)/.installed-gpu

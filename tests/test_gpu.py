@@ -84,6 +84,9 @@ def test_make_setup_without_a_gpu_is_the_cpu_recipe_unchanged(tmp_path, nvidia_s
 def test_gpu_variable_overrides_detection(tmp_path):
     assert make_setup_dry_run(tmp_path, "one GPU", "GPU=0") == cpu_recipe(f"venv-{tmp_path.name}")
     assert make_setup_dry_run(tmp_path, None, "GPU=1")[-1] == f"touch venv-{tmp_path.name}/.installed-gpu"
+    # any other value (an unrelated GPU variable in the environment, say) leaves the choice to the detection
+    assert make_setup_dry_run(tmp_path, "one GPU", "GPU=nvidia")[-1] == f"touch venv-{tmp_path.name}/.installed-gpu"
+    assert make_setup_dry_run(tmp_path, None, "GPU=0000:3b:00.0") == cpu_recipe(f"venv-{tmp_path.name}")
 
 
 def _lock(path: Path) -> dict[str, str]:
