@@ -28,7 +28,12 @@ STAGES = {
     "evaluate": ("pipeline.evaluate", "evaluate one trained model on the official test set"),
     "publish": ("pipeline.publish", "comparison tables (ours vs published) and plots"),
     "profile": ("pipeline.data.profile", "rebuild the data gate's reference profile from the official files"),
+    "predict": ("pipeline.predict", "predict images, a directory, a Kaggle CSV or an NPZ with a trained model"),
+    "export": ("pipeline.export", "export a trained Keras model to ONNX, checked against Keras on test images"),
+    "serve": ("pipeline.serve", "HTTP service: POST /predict, GET /models, and a page to try a model on an image"),
 }
+# Commands that only read the workspace: they run beside a `dvc repro` (serve for hours) without its lock.
+READ_ONLY = frozenset({"predict", "serve"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         # One stage at a time per workspace: a second invocation fails fast instead of racing on outputs.
-        with workspace_lock("."):
+        if args.stage in READ_ONLY:
             importlib.import_module(args._module).cli(args)
+        else:
+            with workspace_lock("."):
+                importlib.import_module(args._module).cli(args)
     except PipelineError as exc:
         print(f"error [{args.stage}]: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -7,7 +7,8 @@ Reads only earlier stages' outputs for every model in `train.models` and seed in
 (metrics/<name>/seed-<seed>.json + .predictions.npz, models/<name>/seed-<seed>/train.json + history.csv),
 data/split/class_counts.json, the test images for the sample grid, and the published claims in
 pipeline.models.registry. Writes reports/comparison.{md,csv,html} and reports/figures/*.png (the HTML is
-self-contained, figures embedded as base64 PNG), then accuracy.json, the DVC metrics file. Everything is
+self-contained, figures embedded as base64 PNG), a model card per model in reports/model-cards/<model>.md
+(pipeline.model_card), then accuracy.json, the DVC metrics file. Everything is
 rendered into a temporary directory and swapped in for reports/ only on success, so a failure never leaves a
 half-updated report.
 
@@ -763,11 +764,14 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         (tmp / "comparison.md").write_text(render_markdown(tables, note, figures, "figures"), encoding="utf-8")
         (tmp / "comparison.csv").write_text(records_csv(records), encoding="utf-8")
         (tmp / "comparison.html").write_text(render_html(tables, note, figures), encoding="utf-8")
+        from pipeline.model_card import write_model_cards
+
+        cards = write_model_cards(results, tmp, class_counts=class_counts, published=published_accuracy)
     summary = accuracy_summary(results)
     if summary_path is not None:
         io.write_json(summary_path, summary)
     return {"summary": summary, "records": records, "mcnemar": mc, "note": note,
-            "figures": [p.name for _, p in figures],
+            "figures": [p.name for _, p in figures], "model_cards": cards,
             "tables": [t.key for t in tables]}
 
 

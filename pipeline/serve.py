@@ -1,0 +1,317 @@
+"""serve: a small HTTP service over the trained models (FastAPI; `python -m pipeline serve` runs it with uvicorn).
+
+    python -m pipeline serve [--host 127.0.0.1] [--port 8000] [--seed 42]
+
+    GET  /                     a page: drop an image (or try an official test image), see the top 3
+    GET  /models               every registered model trained in models/<name>/seed-<seed>/, with its test
+                               accuracy and 95% CI from metrics/ (null when not evaluated yet)
+    POST /predict?model=NAME   multipart field `file`: an image (PNG, JPEG, GIF, BMP, WebP, TIFF) -> JSON: the
+                               predicted class, its probability, the top 3, whether the picture was inverted,
+                               and the 28x28 image the model saw (a PNG data URL). Without `model`: the most
+                               accurate one.
+    GET  /samples/{i}.png      official test image i (when started with --test), for the page's "try" button
+    GET  /reports/...          the comparison report and model cards (reports/), read-only
+
+Uploads: at most `serve.max_upload_mb` (params.yaml); a larger body is refused with 413 before it is read,
+a body without Content-Length with 411, a file that is not an image with 415 (by content type) or 422 (image
+bytes Pillow cannot read), and a model name that is not registered or not trained here with 404 (listing
+the ones that are). Images are converted as `predict` converts them (pipeline.imaging) and predicted by the
+registry's one safe loader; each model is loaded once, on first use.
+
+`create_app` is pure app creation (no I/O until a request comes); the CLI only adds uvicorn.
+"""
+
+from __future__ import annotations
+
+import base64
+import io as _stdio
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+# Module level, not inside create_app: FastAPI resolves the endpoints' annotations (postponed by
+# `from __future__ import annotations`) in this module's namespace.
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from pipeline.errors import PipelineError
+from pipeline.schema import CLASS_NAMES
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff",
+                         "image/x-ms-bmp"})
+MULTIPART_OVERHEAD = 16 * 1024   # form boundaries and part headers around the file itself
+
+
+@dataclass(frozen=True)
+class ServeParams:
+    """params.yaml `serve`."""
+    max_upload_mb: float = 5.0
+
+    def __post_init__(self):
+        if not 0 < self.max_upload_mb <= 100:
+            raise PipelineError(f"params.yaml: serve.max_upload_mb must lie in (0, 100], got {self.max_upload_mb}")
+
+
+def trained_models(models_dir: Path, metrics_dir: Path, seed: int) -> list[dict[str, Any]]:
+    """Registered models trained under models_dir for `seed`, most accurate first, with their test accuracy."""
+    from pipeline import io
+    from pipeline.evaluate import output_paths
+    from pipeline.models import registry
+    from pipeline.train import run_dir
+
+    rows = []
+    for name in registry.names():
+        if not (run_dir(models_dir, name, seed) / "train.json").exists():
+            continue
+        spec = registry.get(name)
+        metrics_path = output_paths(metrics_dir, name, seed)["metrics"]
+        test = io.read_json(metrics_path)["test"] if metrics_path.exists() else None
+        rows.append({"name": name, "family": spec.family, "source": spec.source, "seed": seed,
+                     "test_accuracy": None if test is None else test["accuracy"],
+                     "ci95": None if test is None else [test["accuracy_ci95_low"], test["accuracy_ci95_high"]],
+                     "test_images": None if test is None else test["n"],
+                     "model_card": f"/reports/model-cards/{name}.md"})
+    return sorted(rows, key=lambda r: (-(r["test_accuracy"] or -1.0), r["name"]))
+
+
+def png_data_url(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = _stdio.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class _Predictors:
+    """Load each model once (thread-safe), predict under a per-model lock (Keras models are not re-entrant)."""
+
+    def __init__(self, models_dir: Path, seed: int, loader: Callable[[Path], Callable]):
+        self.models_dir, self.seed, self.loader = models_dir, seed, loader
+        self._lock = threading.Lock()
+        self._loaded: dict[str, tuple[Callable, threading.Lock]] = {}
+
+    def predict(self, name: str, x: np.ndarray) -> np.ndarray:
+        from pipeline.train import run_dir
+
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = (self.loader(run_dir(self.models_dir, name, self.seed)), threading.Lock())
+            predictor, lock = self._loaded[name]
+        with lock:
+            return np.asarray(predictor(x))
+
+
+def create_app(models_dir: Path | str = "models", metrics_dir: Path | str = "metrics",
+               reports_dir: Path | str | None = "reports", *, seed: int = 42, max_upload_bytes: int = 5 * 1024 * 1024,
+               test_images: np.ndarray | None = None, loader: Callable[[Path], Callable] | None = None):
+    """The FastAPI app over models_dir/<name>/seed-<seed>/ and metrics_dir (pure: reads files per request)."""
+    from pipeline.models import registry
+    from pipeline.predict import read_picture, record
+
+    models_dir, metrics_dir = Path(models_dir), Path(metrics_dir)
+    predictors = _Predictors(models_dir, seed, loader or registry.load_predictor)
+    app = FastAPI(title="Fashion-MNIST models", version="1",
+                  description="Predict Fashion-MNIST classes with the pipeline's trained models.")
+
+    @app.middleware("http")
+    async def bounded_upload(request: Request, call_next):
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
+            if not length.isdigit() or int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
+                return JSONResponse({"detail": f"upload too large: at most {max_upload_bytes:,} bytes"},
+                                    status_code=413)
+        return await call_next(request)
+
+    @app.get("/models")
+    def models() -> dict[str, Any]:
+        return {"seed": seed, "models": trained_models(models_dir, metrics_dir, seed)}
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...), model: str | None = Query(None)) -> dict[str, Any]:
+        available = [m["name"] for m in trained_models(models_dir, metrics_dir, seed)]
+        if not available:
+            raise HTTPException(503, f"no trained model in {models_dir} (seed {seed}): run `dvc repro` first")
+        name = model or available[0]
+        if name not in available:
+            known = "registered but not trained here" if name in registry.names() else "not a registered model"
+            raise HTTPException(404, f"model `{name}`: {known}; available: {', '.join(available)}")
+        content_type = (file.content_type or "").split(";")[0].strip().lower()
+        if content_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"`{file.filename}` has content type `{content_type or 'none'}`; "
+                                     f"send an image: {', '.join(sorted(IMAGE_TYPES))}")
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"upload too large: at most {max_upload_bytes:,} bytes")
+        item = read_picture(file.filename or "upload", _stdio.BytesIO(data))
+        if item.image is None:
+            raise HTTPException(422, f"`{item.input}`: {item.error}")
+        from pipeline.predict import Prediction
+
+        probs = predictors.predict(name, item.image[None])[0]
+        return {"model": name, "seed": seed, **record(Prediction(item, probs)),
+                "model_input": png_data_url(item.image)}
+
+    @app.get("/samples/{index}.png")
+    def sample(index: int) -> Response:
+        if test_images is None or not 0 <= index < len(test_images):
+            raise HTTPException(404, "no such test image (start the service with --test data/processed/test.npz)")
+        from PIL import Image
+
+        buf = _stdio.BytesIO()
+        Image.fromarray(test_images[index]).resize((112, 112), Image.Resampling.NEAREST).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @app.get("/report")
+    def report() -> RedirectResponse:
+        return RedirectResponse("/reports/comparison.html")
+
+    @app.get("/reports/{path:path}")
+    def reports(path: str) -> Response:
+        root = Path(reports_dir).resolve() if reports_dir is not None else None
+        target = (root / path).resolve() if root is not None else None
+        if target is None or root not in target.parents or not target.is_file():
+            raise HTTPException(404, f"reports/{path}: not found (the publish stage writes reports/)")
+        media = "text/markdown; charset=utf-8" if target.suffix == ".md" else None
+        return FileResponse(target, media_type=media)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.replace("__SAMPLES__", str(0 if test_images is None else len(test_images))) \
+                   .replace("__MAX_MB__", f"{max_upload_bytes / 1024 / 1024:g}") \
+                   .replace("__CLASSES__", ", ".join(CLASS_NAMES))
+
+    return app
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Fashion-MNIST: try a model</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:860px;margin:1.5em auto;padding:0 1em;color:#222}
+#drop{border:3px dashed #888;border-radius:10px;padding:2em;text-align:center;background:#fafafa;cursor:pointer}
+#drop.over{background:#e8f0ff;border-color:#36c}
+#result{display:flex;gap:1.5em;margin-top:1.2em;align-items:flex-start}
+#result img{width:140px;height:140px;object-fit:contain;border:1px solid #ccc;background:#000}
+#seen{image-rendering:pixelated}
+.bar{background:#36c;height:1em;display:inline-block;vertical-align:middle;margin-right:.4em}
+table{border-collapse:collapse}td{padding:3px 8px}
+.err{color:#b00;font-weight:600}.note{color:#555;font-size:.9em}
+</style></head><body>
+<h1>Fashion-MNIST: try a model</h1>
+<p>Model: <select id="model"></select> <span id="acc" class="note"></span>
+ &middot; <a id="card" href="#">model card</a> &middot; <a href="/report">comparison report</a></p>
+<div id="drop">Drop an image here, or click to choose one (PNG/JPEG, at most __MAX_MB__ MB)
+<input id="file" type="file" accept="image/*" hidden></div>
+<p class="note" id="try"></p>
+<div id="status" class="note"></div>
+<div id="result" hidden>
+ <figure><img id="orig" alt="your image"><figcaption class="note">your image</figcaption></figure>
+ <figure><img id="seen" alt="what the model sees"><figcaption class="note">what the model sees (28x28)</figcaption></figure>
+ <div><h2 id="top1"></h2><table id="top3"></table><p id="inv" class="note"></p></div>
+</div>
+<p class="note">Classes: __CLASSES__. Pictures are converted like Fashion-MNIST: grey, item light on black,
+ centred (inverted when the background is light).</p>
+<script>
+const $ = id => document.getElementById(id);
+const samples = __SAMPLES__;
+let models = [];
+function pct(p){ return (100*p).toFixed(1) + '%'; }
+function showModel(){
+  const m = models.find(m => m.name === $('model').value); if(!m) return;
+  $('acc').textContent = m.test_accuracy === null ? 'not evaluated yet' :
+    'test accuracy ' + pct(m.test_accuracy) + ' (95% CI ' + pct(m.ci95[0]) + '-' + pct(m.ci95[1]) + ')';
+  $('card').href = m.model_card;
+}
+async function predict(blob, name){
+  $('status').textContent = 'predicting ' + name + ' ...';
+  const form = new FormData(); form.append('file', blob, name);
+  const r = await fetch('/predict?model=' + encodeURIComponent($('model').value), {method: 'POST', body: form});
+  const j = await r.json();
+  if(!r.ok){ $('status').innerHTML = ''; const e = document.createElement('span'); e.className = 'err';
+    e.textContent = 'error ' + r.status + ': ' + j.detail; $('status').appendChild(e);
+    $('result').hidden = true; return; }
+  $('status').textContent = j.model + ' (seed ' + j.seed + '): ' + name;
+  $('orig').src = URL.createObjectURL(blob); $('seen').src = j.model_input;
+  $('top1').textContent = j.predicted + ' (' + pct(j.probability) + ')';
+  $('top3').innerHTML = '';
+  for(const t of j.top3){ const tr = document.createElement('tr');
+    tr.innerHTML = '<td></td><td><span class="bar"></span></td>';
+    tr.children[0].textContent = t.class; tr.querySelector('.bar').style.width = (200*t.probability) + 'px';
+    tr.children[1].append(pct(t.probability)); $('top3').appendChild(tr); }
+  $('inv').textContent = j.inverted ? 'The background was light: the picture was inverted.' : '';
+  $('result').hidden = false;
+}
+async function trySample(i){
+  const r = await fetch('/samples/' + i + '.png');
+  await predict(await r.blob(), 'official test image ' + i + '.png');
+}
+async function init(){
+  const j = await (await fetch('/models')).json(); models = j.models;
+  if(!models.length){
+    $('status').innerHTML = '<span class="err">No trained models: run dvc repro first.</span>'; return; }
+  for(const m of models){ const o = document.createElement('option'); o.value = m.name;
+    o.textContent = m.name + (m.test_accuracy === null ? '' : ' (' + pct(m.test_accuracy) + ')');
+    $('model').appendChild(o); }
+  const q = new URLSearchParams(location.search);
+  if(q.get('model')) $('model').value = q.get('model');
+  $('model').onchange = showModel; showModel();
+  if(samples){ $('try').innerHTML = 'Or <a href="#" id="rand">try a random official test image</a>.';
+    $('rand').onclick = e => { e.preventDefault(); trySample(Math.floor(Math.random()*samples)); }; }
+  if(q.get('sample') !== null && samples) await trySample(parseInt(q.get('sample')));
+}
+const drop = $('drop');
+drop.onclick = () => $('file').click();
+$('file').onchange = e => { const f = e.target.files[0]; if(f) predict(f, f.name); };
+drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
+drop.ondragleave = () => drop.classList.remove('over');
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over');
+  const f = e.dataTransfer.files[0]; if(f) predict(f, f.name); };
+init();
+</script></body></html>
+"""
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_cli(parser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=None, help="which runs (default: the first of train.seeds)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
+                        help="official test images for the page's 'try' link (skipped when absent)")
+
+
+def cli(args) -> None:
+    import uvicorn
+
+    from pipeline.params import build, load_params
+    from pipeline.train import seed_of
+
+    raw = load_params(args.params)
+    params = build(ServeParams, raw.get("serve", {}), "serve")
+    seed = seed_of(raw, args.seed)
+    test_images = None
+    if args.test is not None and args.test.exists():
+        from pipeline.evaluate import load_test_set
+
+        test_images = load_test_set(args.test)[0]
+    app = create_app(args.models_dir, args.metrics, args.reports, seed=seed,
+                     max_upload_bytes=int(params.max_upload_mb * 1024 * 1024), test_images=test_images)
+    found = trained_models(args.models_dir, args.metrics, seed)
+    print(f"serve: {len(found)} trained model(s) (seed {seed}): {', '.join(m['name'] for m in found) or 'none'}; "
+          f"http://{args.host}:{args.port}/", file=sys.stderr)
+    import socket
+
+    try:  # uvicorn reports a taken port as a log line and sys.exit(1): say it clearly first
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                            hint="pick another --port, or stop the process using it") from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
