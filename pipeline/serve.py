@@ -176,7 +176,7 @@ def create_app(models_dir: Path | str = "models", metrics_dir: Path | str = "met
         target = (root / path).resolve() if root is not None else None
         if target is None or root not in target.parents or not target.is_file():
             raise HTTPException(404, f"reports/{path}: not found (the publish stage writes reports/)")
-        media = "text/markdown; charset=utf-8" if target.suffix == ".md" else None
+        media = "text/plain; charset=utf-8" if target.suffix == ".md" else None   # browsers show it inline
         return FileResponse(target, media_type=media)
 
     @app.get("/", response_class=HTMLResponse)

@@ -6,6 +6,7 @@ evaluate stages' own code) for the tests of predict, export, serve and the model
     <root>/metrics/<name>/seed-42.*    evaluated on the first 300 official test images
     <root>/data/processed/test.npz     the full official test set (x, y)
     <root>/data/split/                 the 600/200 real train/validation slice, class_counts.json
+    <root>/reports/                    publish's report and model cards for these models
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import evaluate as ev
-from pipeline import io, train
+from pipeline import io, publish, train
 from pipeline.data.split import class_counts
 from tests.conftest import REPO, shipped_hyperparams
 
@@ -58,5 +59,8 @@ def trained_workspace(tmp_path_factory, fmnist, small_split) -> Path:
         metrics, probs = ev.evaluate_model(name, out, xt[:N_EVAL], yt[:N_EVAL], batch_size=128, latency_calls=2,
                                            warmup_calls=1)
         ev.write_outputs(root / "metrics", name, SEED, metrics, yt[:N_EVAL], probs)
+    publish.publish(list(MODELS), metrics_dir=root / "metrics", models_dir=root / "models", out_dir=root / "reports",
+                    test_path=None, class_counts_path=split / "class_counts.json", seeds=[SEED], mcnemar_top=2,
+                    sample_images=4, dpi=40)
     _CACHE["root"] = root
     return root

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import io, publish
+from pipeline import io
 from pipeline.evaluate import confusion_matrix
 from pipeline.model_card import confused_pairs
 from pipeline.schema import CLASS_NAMES
@@ -17,16 +17,12 @@ from tests._trained import MODELS, SEED, trained_workspace
 
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory, fmnist, small_split) -> dict:
+    """publish's own run over the tiny trained models (tests/_trained.py writes <root>/reports with it)."""
     ws = trained_workspace(tmp_path_factory, fmnist, small_split)
-    out = tmp_path_factory.mktemp("cards") / "reports"
-    summary = publish.publish(list(MODELS), metrics_dir=ws / "metrics", models_dir=ws / "models", out_dir=out,
-                              test_path=None, class_counts_path=ws / "data" / "split" / "class_counts.json",
-                              seeds=[SEED], mcnemar_top=2, sample_images=4, dpi=40)
-    return {"ws": ws, "out": out, "summary": summary}
+    return {"ws": ws, "out": ws / "reports"}
 
 
 def test_every_trained_model_gets_a_card(cards):
-    assert sorted(cards["summary"]["model_cards"]) == sorted(f"{m}.md" for m in MODELS)
     assert sorted(p.name for p in (cards["out"] / "model-cards").iterdir()) == sorted(f"{m}.md" for m in MODELS)
 
 

@@ -106,6 +106,11 @@ def test_page_reports_and_samples(client):
     assert client.get("/samples/3.png").headers["content-type"] == "image/png"
     assert client.get("/samples/99.png").status_code == 404
     assert client.get("/reports/../params.yaml").status_code == 404
+    report = client.get("/report")   # the page's link: publish's comparison report
+    assert report.status_code == 200 and "<title>Fashion-MNIST: ours vs published</title>" in report.text
+    for m in client.get("/models").json()["models"]:
+        card = client.get(m["model_card"])
+        assert card.status_code == 200 and card.text.startswith(f"# Model card: {m['name']}")
 
 
 def _free_port() -> int:
