@@ -97,10 +97,8 @@ def default_remote_url(workspace: Path) -> str:
         raise PipelineError(f"{workspace}: no default DVC remote",
                             hint="parallel runs exchange stage outputs through the DVC remote: "
                                  "`dvc remote add -d <name> <url>` (README, 'Sharing results: the DVC remote')")
-    rc, lines, _ = run_dvc(workspace, ["remote", "list"])
-    # `name<TAB>url` per remote, `(default)` after the default one's
-    urls = {parts[0]: parts[1] for parts in (line.split() for line in lines) if rc == 0 and len(parts) >= 2}
-    url = urls.get(name, "")
+    rc, lines, _ = run_dvc(workspace, ["config", f"remote.{name}.url"])
+    url = lines[-1].strip() if rc == 0 and lines else ""
     if not url:
         raise PipelineError(f"{workspace}: the default DVC remote '{name}' has no URL", hint="see `dvc remote list`")
     if "://" not in url and not Path(url).is_absolute():   # DVC resolves it from .dvc/, where the config is
@@ -117,20 +115,14 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
 
 
-def local_cluster(n_workers: int, gpus: int | None = None, prefect_api_url: str | None = None):
-    """A Dask cluster on this machine: `n_workers` processes, one stage at a time each, the cores split evenly.
+def local_worker_specs(n_workers: int, cores: int, gpus: int, prefect_api_url: str | None = None) -> dict:
+    """Dask worker specs for `local_cluster`: one stage at a time per worker, the cores split evenly (the CPU
+    resource), GPU=1 for the first workers when there are NVIDIA GPUs, each seeing only its own
+    (CUDA_VISIBLE_DEVICES), and the Prefect API the workers report their task runs and logs to."""
+    from distributed import Nanny
 
-    Each worker declares its share as the resource CPU (and GPU=1 for the first workers when there are NVIDIA
-    GPUs, each seeing only its own: CUDA_VISIBLE_DEVICES), so that N concurrent stages never ask for more
-    threads than the machine has (stage_resources). `prefect_api_url`: the Prefect API the workers report
-    their task runs and logs to (the flow's own, so that an ephemeral run's workers do not start servers of
-    their own).
-    """
-    from distributed import Nanny, Scheduler, SpecCluster
-
-    gpus = gpu_count() if gpus is None else gpus
-    share = max(1, (os.cpu_count() or 1) // n_workers)
-    workers = {}
+    share = max(1, cores // n_workers)
+    specs = {}
     for i in range(n_workers):
         resources: dict[str, float] = {"CPU": share}
         env: dict[str, str] = {"PREFECT_API_URL": prefect_api_url} if prefect_api_url else {}
@@ -138,9 +130,19 @@ def local_cluster(n_workers: int, gpus: int | None = None, prefect_api_url: str 
             env["CUDA_VISIBLE_DEVICES"] = str(i) if i < gpus else ""
             if i < gpus:
                 resources["GPU"] = 1
-        # memory_limit 0: the stage runs in a subprocess the worker's memory monitor does not see anyway.
-        workers[f"stage-worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": resources,
-                                                                   "env": env, "memory_limit": 0}}
+        # memory_limit 0: the stage runs in a subprocess that the worker's memory monitor does not see anyway.
+        specs[f"stage-worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "env": env,
+                                                                "memory_limit": 0}}
+    return specs
+
+
+def local_cluster(n_workers: int, prefect_api_url: str | None = None):
+    """A Dask cluster on this machine (local_worker_specs), so that N concurrent stages never ask for more
+    threads than the machine has. `prefect_api_url`: the running flow's API, so that the workers of an
+    ephemeral run report to it instead of starting Prefect servers of their own."""
+    from distributed import Scheduler, SpecCluster
+
+    workers = local_worker_specs(n_workers, os.cpu_count() or 1, gpu_count(), prefect_api_url)
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
     return SpecCluster(workers=workers, scheduler=scheduler, name="fmnist-pipeline")
 

@@ -54,6 +54,9 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage '{stage}' failed (dvc exit {returncode}; {why or 'not retried'}):\n{tail}")
         self.stage, self.returncode, self.tail, self.transient, self.why = stage, returncode, tail, transient, why
 
+    def __reduce__(self):   # picklable: a failure raised on a Dask worker travels back to the flow
+        return type(self), (self.stage, self.returncode, self.tail, self.transient, self.why)
+
 
 class StageTimedOut(StageFailed):
     """The stage ran longer than its timeout (params.yaml `orchestration.stage_timeout_s`) and was stopped."""
@@ -95,6 +98,9 @@ class ValidationGateFailed(RuntimeError):
     def __init__(self, stage: str, reason: str):
         super().__init__(f"data validation failed in stage '{stage}' (terminal, not retried):\n{reason}")
         self.stage, self.reason = stage, reason
+
+    def __reduce__(self):
+        return type(self), (self.stage, self.reason)
 
 
 @dataclass
