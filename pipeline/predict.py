@@ -132,9 +132,12 @@ def read_picture(path: Path | str, source: Any = None) -> Item:
     try:
         with Image.open(path if source is None else source) as im:
             im = ImageOps.exif_transpose(im)       # phone photos: honour the camera's orientation tag
-            if im.mode not in ("L", "RGB", "RGBA", "LA"):
-                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            array = np.asarray(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16-bit grey: scale to 0..255, not clip
+                array = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+            else:
+                if im.mode not in ("L", "RGB", "RGBA", "LA"):
+                    im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+                array = np.asarray(im)
     except FileNotFoundError:
         return Item(name, error="file not found")
     except UnidentifiedImageError:
@@ -201,7 +204,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def read_inputs(inputs: Iterable[str | Path], say: Callable[[str], None] | None = None) -> list[Item]:
+def read_inputs(inputs: Iterable[str | Path]) -> list[Item]:
     """Every input as Items, in order. A file that cannot be read becomes an error Item (never an exception)."""
     from pipeline.progress import BatchProgress
 

@@ -152,7 +152,10 @@ def create_app(models_dir: Path | str = "models", metrics_dir: Path | str = "met
             raise HTTPException(422, f"`{item.input}`: {item.error}")
         from pipeline.predict import Prediction
 
-        probs = predictors.predict(name, item.image[None])[0]
+        try:
+            probs = predictors.predict(name, item.image[None])[0]
+        except PipelineError as exc:   # e.g. a model file that cannot be loaded safely
+            raise HTTPException(500, f"model `{name}`: {exc}") from None
         return {"model": name, "seed": seed, **record(Prediction(item, probs)),
                 "model_input": png_data_url(item.image)}
 

@@ -69,6 +69,14 @@ def test_dark_background_is_not_inverted_and_jpeg_colour_works(fmnist):
     assert np.mean(differences) < 20   # enlarging and shrinking back blurs; the item stays where it was
 
 
+def test_sixteen_bit_grey_png_is_scaled_not_clipped(fmnist):
+    img = fmnist["test"][0][5]
+    buf = _stdio.BytesIO()
+    Image.fromarray(img.astype(np.uint16) * 257).save(buf, format="PNG")     # 16-bit grey, same picture
+    item = read_picture("deep.png", _stdio.BytesIO(buf.getvalue()))
+    assert item.error is None and np.abs(item.image.astype(int) - to_fashion_mnist(img).image).max() <= 1
+
+
 def test_conversion_keeps_aspect_ratio_and_centres_the_item():
     wide = np.full((60, 200), 255, dtype=np.uint8)
     wide[20:40, 50:150] = 0                       # a dark 20x100 bar on white
