@@ -12,6 +12,9 @@ Sections (default: 1-5 and 7; 6 only with --end-to-end, ~25 min for the default 
   6 end-to-end: per-stage wall times of a full `dvc repro` (forced), behind --end-to-end
   7 the data gate on the full train + test data (70k rows): the whole validate stage against its 10 s budget,
     and the gate with vs without its content checks (duplicates, leakage, near-duplicates, drift)
+  8 parallel stages: `python -m flows run` serially vs `--workers 2` on fresh clones, wall time and CPU
+    utilisation, plus what 4-16 workers would give (critical path, simulated dispatch); behind --parallel
+    (two full runs of the default model set, ~45 min on 2 cores)
 
 A section whose inputs are missing is skipped with the reason; one that fails is reported as skipped
 with its error. Benchmarks are never part of the test suite. Compare figures from one run only.
@@ -34,12 +37,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from benchmarks import harness, sections  # noqa: E402
+from benchmarks import harness, parallel, sections  # noqa: E402
 from pipeline import io  # noqa: E402
 
 TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3": "3. training throughput",
           "4": "4. inference (best CNN)", "5": "5. cached rerun (no-op)", "6": "6. end-to-end dvc repro per stage",
-          "7": "7. data gate, full data (format + content checks)"}
+          "7": "7. data gate, full data (format + content checks)", "8": "8. parallel stages (serial vs workers)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated section numbers (default 1,2,3,4,5,7)")
     p.add_argument("--end-to-end", action="store_true", help="also run section 6 (a full forced dvc repro, "
                    "~25 min for the default models on 2 cores)")
+    p.add_argument("--parallel", action="store_true", help="also run section 8 (two full flow runs of the default "
+                   "models on fresh clones, serial and --workers 2, ~45 min on 2 cores)")
     p.add_argument("--no-force", dest="force", action="store_false",
                    help="section 6: do not force stages (cached stages are then skipped by DVC)")
     p.add_argument("--workspace", type=Path, default=Path.cwd(),
@@ -75,6 +80,7 @@ def run_section(key: str, args, scratch: Path) -> harness.Section:
         "5": lambda: sections.cached_rerun(ws, args.repeats, args.noop_target),
         "6": lambda: sections.end_to_end(ws, args.force),
         "7": lambda: sections.gate_full(ws, args.repeats, scratch),
+        "8": lambda: parallel.parallel(ws, scratch),
     }
     started = time.perf_counter()
     try:
@@ -97,12 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k.strip() for k in args.sections.split(",") if k.strip()]
     if args.end_to_end and "6" not in keys:
         keys.append("6")
+    if args.parallel and "8" not in keys:
+        keys.append("8")
     unknown = [k for k in keys if k not in TITLES]
     if unknown:
-        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-7", file=sys.stderr)
+        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-8", file=sys.stderr)
         return 2
     if "6" in keys and not args.end_to_end:
         print("error: section 6 re-runs the whole pipeline (~25 min on 2 cores); pass --end-to-end to confirm",
+              file=sys.stderr)
+        return 2
+    if "8" in keys and not args.parallel:
+        print("error: section 8 runs the whole pipeline twice (~45 min on 2 cores); pass --parallel to confirm",
               file=sys.stderr)
         return 2
     meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeats": args.repeats,
