@@ -154,7 +154,9 @@ def comparison_table(workspace: Path) -> list[dict[str, Any]] | None:
 
 def publish_artifacts(workspace: Path, outcomes: list[dict[str, Any]]) -> None:
     log = get_run_logger()
-    table = [{"stage": o["stage"], "status": o["status"], "duration_s": o.get("duration_s", "")} for o in outcomes]
+    # worker: the Dask worker that ran the stage in a parallel run (flows.parallel); empty for the workspace
+    table = [{"stage": o["stage"], "status": o["status"], "duration_s": o.get("duration_s", ""),
+              "worker": o.get("worker", "")} for o in outcomes]
     if table:
         create_table_artifact(table=table, key="fmnist-pipeline-stages",
                               description=f"DVC stages of this run ({workspace})")

@@ -2,10 +2,11 @@
 
 Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC decides what is cached;
 a stage DVC skips ends in a Completed state named "Cached". One `dvc status` call up front spares the
-per-stage DVC call (about 1.3 s each, 39 stages) for stages DVC already reports up to date and whose
-upstream stages did not run: a no-op flow run costs one DVC call, not one per stage.
-DVC calls are serialised: tasks run one after another in topological order, under a process-wide
-lock and a workspace lock file (DVC cannot run two stages in one checkout). Only failures that can be
+per-stage DVC call (about 1.3 s each) for stages DVC already reports up to date and whose upstream stages
+did not run: a no-op flow run costs one DVC call, not one per stage.
+By default stages run one after another, under a process-wide lock and a workspace lock file (DVC cannot
+run two stages in one checkout); with `workers` > 1 or a `dask_address`, independent stages run at the
+same time on Dask workers, each in a clone of its own (flows.parallel). Only failures that can be
 transient are retried (classify_failure: a DVC lock held elsewhere, a process killed by a signal, the
 network); bad input (exit 2), an exception in stage code and a timeout (params.yaml
 `orchestration.stage_timeout_s`) are not. A data-validation failure (a stage exiting with

@@ -331,3 +331,15 @@ def test_snapshot_ships_what_git_would_commit_and_workers_cache_every_output(tmp
     (tmp_path / "plain").mkdir()
     with pytest.raises(PipelineError, match="not a git repository"):
         take_snapshot(tmp_path / "plain")
+
+
+def test_workers_must_be_a_positive_whole_number(capsys):
+    from flows.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--workers", "3"]).workers == 3
+    assert build_parser().parse_args(["run"]).workers == 1
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["run", "--workers", bad])
+        assert exit_info.value.code == 2
+        assert "must be a whole number >= 1" in capsys.readouterr().err
