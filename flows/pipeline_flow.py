@@ -26,7 +26,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -337,7 +336,8 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
         stale = None if force else stale_stages(ws)
         if stale is not None:
             log.info("dvc status: %d stage(s) changed%s", len(stale), f": {', '.join(sorted(stale))}" if stale else "")
-        from flows.parallel import dask_task_runner, run_stages   # (it imports this module)
+        from flows.parallel import dask_task_runner   # (these import this module)
+        from flows.scheduler import run_stages
 
         parallel = workers > 1 or bool(dask_address)
         with dask_task_runner(workers, dask_address) if parallel else contextlib.nullcontext() as runner:

@@ -1,0 +1,174 @@
+"""The stage loop of a pipeline run: which stage runs when, where, and what its outcome is.
+
+Stages come in topological order (flows.dag). Without a Dask task runner each runs in the workspace, one after
+another; with one, stages that DVC's run cache can record (Stage.portable) go to Dask workers as soon as every
+stage they depend on is recorded, and are recorded in the workspace when they finish (flows.parallel).
+A failed stage stops only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from flows.dag import Stage
+from flows.parallel import (cluster_shape, default_remote_url, run_stage_on_worker, stage_resources,
+                            stop_stage_processes, take_snapshot, wants_gpu)
+from flows.pipeline_flow import StageFailed, run_dvc, run_dvc_stage
+
+
+def _final_state(future):
+    """The Prefect state a finished Dask future carries (prefect-dask submits with return_type="state")."""
+    return future.wrapped_future.result()
+
+
+def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None, force: bool, orchestration,
+               retries: int, retry_delay_s: float, log) -> tuple[list[dict[str, Any]], BaseException | None]:
+    """Run `stages` (topological order): with a Dask `runner`, independent portable ones at once on its
+    cluster; without one (runner None), one at a time in the workspace, in order.
+
+    Returns (outcomes in DAG order, the first failure or None). A failed stage stops only what depends on it;
+    the data gate's exit 3 therefore stops everything (all later stages depend on validate). On Ctrl-C the
+    workers' DVC commands are stopped, nothing more is recorded, and the interrupt propagates: the next run
+    starts from what dvc.lock holds.
+    """
+    from flows.pipeline_flow import ValidationGateFailed, run_stage
+
+    if runner is not None:
+        remote_url = default_remote_url(ws)
+        snapshot = take_snapshot(ws)
+        client = runner.client
+        shape = cluster_shape(client)
+        log.info("parallel run on %d Dask worker(s) (%s); stage outputs travel through the DVC remote %s; "
+                 "workspace sources: %d files, %.1f MiB", shape.workers, client.scheduler.address, remote_url,
+                 snapshot.files, len(snapshot.archive) / 2**20)
+    outcomes: dict[str, dict[str, Any]] = {}
+    done: set[str] = set()            # recorded in the workspace's dvc.lock (or up to date)
+    failed: set[str] = set()          # failed, or not run because an upstream stage failed
+    ran: set[str] = set()             # ran or restored in this run: their outputs may have changed
+    on_remote: set[str] = set()       # outputs known to be on the DVC remote
+    in_flight: dict[Any, str] = {}
+    failure: BaseException | None = None
+    run_cache_pushed = False
+
+    def finish_locally(stage: Stage, up_to_date: bool) -> None:
+        runner_task = run_stage.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name, retries=retries,
+                                             retry_delay_seconds=retry_delay_s)
+        state = runner_task(str(ws), stage.name, force=force, up_to_date=up_to_date,
+                            timeout_s=orchestration.timeout_for(stage.name), return_state=True)
+        settle(stage.name, state)
+
+    def settle(name: str, state, extra: dict[str, Any] | None = None) -> None:
+        nonlocal failure
+        if state.is_completed():
+            outcome = {**state.result(), **(extra or {})}
+            outcomes[name] = outcome
+            done.add(name)
+            if outcome.get("status") in ("ran", "restored"):
+                ran.add(name)
+            return
+        failed.add(name)
+        try:
+            state.result()
+        except BaseException as exc:   # noqa: BLE001 - the first one is re-raised by the flow
+            error = exc
+        else:
+            error = RuntimeError(f"stage '{name}' ended in state {state.type.value}")
+        outcomes[name] = {"stage": name, "status": "failed (validation)"
+                          if isinstance(error, ValidationGateFailed) else "failed"}
+        failure = failure or error
+
+    def ensure_on_remote(names: list[str]) -> None:
+        """Push the outputs of upstream stages a worker will pull (once per stage and run)."""
+        nonlocal run_cache_pushed
+        missing = [n for n in names if n not in on_remote]
+        if not missing and run_cache_pushed:
+            return
+        # The first push also sends the workspace's run cache, so that a worker restores what this workspace
+        # already ran instead of running it again.
+        args = ["push"] + ([] if run_cache_pushed else ["--run-cache"]) + missing
+        returncode, lines, _ = run_dvc(ws, args)
+        if returncode != 0:
+            raise StageFailed(",".join(missing), returncode, "\n".join(lines[-40:]),
+                              why="pushing inputs to the DVC remote failed")
+        on_remote.update(missing)
+        run_cache_pushed = True
+
+    def dispatch(stage: Stage) -> None:
+        import dask
+
+        ensure_on_remote(list(stage.upstream))
+        resources = stage_resources(stage, orchestration.cpus_for(stage.name), wants_gpu(stage.name), shape)
+        task_run = run_stage_on_worker.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
+                                                    retries=retries, retry_delay_seconds=retry_delay_s)
+        lock_text = (ws / "dvc.lock").read_text(encoding="utf-8") if (ws / "dvc.lock").exists() else ""
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            future = runner.submit(task_run, parameters={
+                "stage": stage.name, "upstream": list(stage.upstream), "snapshot": snapshot,
+                "lock_text": lock_text, "remote_url": remote_url, "cpus": resources.get("CPU", 1),
+                "timeout_s": orchestration.timeout_for(stage.name)})
+        in_flight[future] = stage.name
+        log.info("stage '%s' dispatched to the Dask cluster (resources %s)", stage.name, resources or "none")
+
+    def record(name: str, worker_outcome: dict[str, Any]) -> None:
+        """Record a stage a worker ran: DVC restores it from the run cache the worker pushed."""
+        nonlocal failure
+        returncode, status, lines = run_dvc_stage(ws, name, log=log, pull=True, finish_on_interrupt=True)
+        if returncode != 0:
+            failed.add(name)
+            outcomes[name] = {"stage": name, "status": "failed (recording)"}
+            failure = failure or StageFailed(name, returncode, "\n".join(lines[-40:]),
+                                             why="recording the worker's run in the workspace failed")
+            return
+        if status == "ran":   # the worker's run was not on the remote: DVC ran the stage here instead
+            log.warning("stage '%s': the worker's run was not found on the DVC remote; it ran again here", name)
+        outcomes[name] = {**worker_outcome, "recorded": status}
+        done.add(name)
+        on_remote.add(name)
+        if worker_outcome.get("status") in ("ran", "restored") or status == "ran":
+            ran.add(name)
+
+    try:
+        while True:
+            progressed = True
+            while progressed:
+                progressed = False
+                for stage in stages:
+                    name = stage.name
+                    if name in outcomes or name in in_flight.values():
+                        continue
+                    if failed.intersection(stage.upstream):
+                        failed.add(name)
+                        outcomes[name] = {"stage": name, "status": "not run (upstream failed)"}
+                        log.warning("stage '%s' not run: an upstream stage failed", name)
+                        progressed = True
+                        continue
+                    if not done.issuperset(stage.upstream):
+                        continue
+                    up_to_date = stale is not None and name not in stale and not ran.intersection(stage.upstream)
+                    if runner is None or up_to_date or not stage.portable:
+                        finish_locally(stage, up_to_date)
+                    else:
+                        dispatch(stage)
+                    progressed = True
+            if not in_flight:
+                break
+            from distributed import wait
+
+            with client.as_current():
+                finished, _ = wait([f.wrapped_future for f in in_flight], return_when="FIRST_COMPLETED")
+            for future in [f for f in in_flight if f.wrapped_future in finished]:
+                name = in_flight.pop(future)
+                state = _final_state(future)
+                if state.is_completed():
+                    record(name, state.result())
+                else:
+                    settle(name, state)
+    except BaseException:
+        # Ctrl-C or an error here: stop what the workers run; nothing more gets recorded.
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                client.run(stop_stage_processes)
+        raise
+    return [outcomes[s.name] for s in stages if s.name in outcomes], failure
