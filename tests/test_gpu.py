@@ -53,7 +53,8 @@ def make_setup_dry_run(tmp_path: Path, nvidia_smi: str | None, *args: str) -> li
         fake.unlink()
     path = os.pathsep.join([str(bindir)] + [p for p in os.environ["PATH"].split(os.pathsep)
                                             if not (Path(p) / "nvidia-smi").exists()])
-    env = {k: v for k, v in os.environ.items() if k != "GPU"} | {"PATH": path}
+    # as a user at a shell runs it: not as a sub-make of `make test` (MAKELEVEL/MAKEFLAGS add "Entering directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")} | {"PATH": path}
     proc = subprocess.run(["make", "-n", "setup", f"VENV=venv-{tmp_path.name}", "PYTHON=python3.11", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
