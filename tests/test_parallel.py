@@ -97,7 +97,9 @@ def test_parallel_run_leaves_what_a_serial_dvc_repro_leaves(serial_and_parallel)
     serial, parallel, _ = serial_and_parallel
     assert "Data and pipelines are up to date" in run_dvc("status", cwd=parallel).stdout
     expected, got = lock(serial), lock(parallel)
-    assert list(got) == list(expected), "the same stages, recorded in the same order"
+    # dvc.lock is a mapping: a fresh one lists stages in the order they were recorded, which for concurrent
+    # stages is the order they finished (DVC keeps an entry's place when it is updated later)
+    assert sorted(got) == sorted(expected), "the same stages recorded"
     for name, entry in expected.items():
         for part in ("cmd", "params"):
             assert got[name].get(part) == entry.get(part), (name, part)
@@ -241,11 +243,12 @@ def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_s
     seen = []
     try:
         deadline = time.monotonic() + 300
-        for line in proc.stdout:   # interrupt while both trainings run on the workers
+        for line in proc.stdout:   # interrupt once both trainings went to the workers
             seen.append(line)
-            if "train@extra-tree-42' on worker" in line or time.monotonic() > deadline:
+            # the flow's own log line (the workers' lines need not reach this pipe)
+            if "stage 'train@extra-tree-42' dispatched" in line or time.monotonic() > deadline:
                 break
-        time.sleep(1.0)
+        time.sleep(3.0)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         seen.append(out)
