@@ -47,7 +47,8 @@ def timed_flow(workspace: Path, workers: int) -> dict[str, Any]:
     before = psutil.cpu_times()
     started = time.perf_counter()
     with open(workspace / "flow.log", "w") as out:
-        proc = subprocess.run(cmd, cwd=workspace, stdout=out, stderr=subprocess.STDOUT, env=dvc_env(),
+        # COLUMNS: Prefect's console log handler wraps lines at the terminal width (80 without one)
+        proc = subprocess.run(cmd, cwd=workspace, stdout=out, stderr=subprocess.STDOUT, env={**dvc_env(), "COLUMNS": "1000"},
                               timeout=6 * 3600)
     wall = time.perf_counter() - started
     after = psutil.cpu_times()

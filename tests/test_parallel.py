@@ -237,7 +237,8 @@ def test_the_data_gate_stops_everything_downstream(prefect_server, fmnist, tmp_p
 
 def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_server, fmnist, source, tmp_path):
     ws = workspace(tmp_path, fmnist, source)
-    env = dict(os.environ, PREFECT_API_URL=api_url(), PYTHONUNBUFFERED="1")
+    # COLUMNS: Prefect's console log handler wraps lines at the terminal width, 80 without a terminal
+    env = dict(os.environ, PREFECT_API_URL=api_url(), PYTHONUNBUFFERED="1", COLUMNS="1000")
     cmd = [sys.executable, "-m", "flows", "run", "--workspace", str(ws), "--workers", "2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
