@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.publish import hyperparameter_text
 from pipeline.schema import CLASS_NAMES, N_CLASSES
 
 CARD_DIR = "model-cards"
@@ -38,12 +39,6 @@ def mean_per_class(runs_per_class: Sequence[dict[str, dict[str, float]]]) -> dic
     return out
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "/".join(_fmt(v) for v in value)
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
 
 
 def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int | None = None,
@@ -94,7 +89,7 @@ def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int |
             "## Recipe", ""]
     hp = meta.get("hyperparams") or {}
     out.append("- **Hyperparameters** (params.yaml `models." + result.name + "`, as training recorded them): "
-               + (", ".join(f"`{k}={_fmt(v)}`" for k, v in sorted(hp.items())) or "none"))
+               + (", ".join(f"`{k}={hyperparameter_text(v)}`" for k, v in sorted(hp.items())) or "none"))
     train = result.metrics.get("train", {})
     bits = []
     if train.get("epochs") is not None:

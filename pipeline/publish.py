@@ -664,9 +664,10 @@ def records_csv(records: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------ stage core
-def _hp_value(value: Any) -> str:
+def hyperparameter_text(value: Any) -> str:
+    """A hyperparameter as the report and the model cards print it (lists as a/b/c, floats in %g)."""
     if isinstance(value, (list, tuple)):
-        return "/".join(_hp_value(v) for v in value)
+        return "/".join(hyperparameter_text(v) for v in value)
     if isinstance(value, float):
         return format(value, "g")
     return str(value)
@@ -678,7 +679,7 @@ def table_hyperparameters(results: Sequence[ModelResult]) -> Table:
     rows = []
     for r in results:
         hp = r.train_meta.get("hyperparams") or {}
-        rows.append([r.name, ", ".join(f"{k}={_hp_value(v)}" for k, v in sorted(hp.items())) or "—",
+        rows.append([r.name, ", ".join(f"{k}={hyperparameter_text(v)}" for k, v in sorted(hp.items())) or "—",
                      ", ".join(str(run.train_meta.get("seed", "—")) for run in r.runs)])
     return Table("hyperparameters", "Hyperparameters used in this run", ["model", "hyperparameters", "seeds"], rows,
                  caption="As recorded by the train stage from params.yaml `models.<name>`; the model descriptions "
