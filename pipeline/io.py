@@ -21,6 +21,9 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
+# history.csv, one row per epoch: written by train, read by publish (scikit-learn models write one row).
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+
 
 def _umask_mode(base: int) -> int:
     """mkstemp/mkdtemp create private (0600/0700) paths; published outputs get the usual umask mode."""
@@ -87,6 +90,7 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def _json_default(obj: Any) -> Any:
+    """The one JSON encoder for stage outputs: NumPy scalars/arrays and paths as plain JSON values."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

@@ -54,11 +54,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline import io
+from pipeline.device import detect_device, keras_backend
+from pipeline.io import HISTORY_COLUMNS
 from pipeline.models import registry
 from pipeline.models.registry import ModelSpec, preprocess
 from pipeline.schema import N_CLASSES
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
 SCORING_BATCH = 2000   # rows per predict call when scoring a scikit-learn model (progress granularity)
 CKPT_MODEL = "model.keras"
 CKPT_STATE = "state.json"
@@ -69,35 +70,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------- environment
-def keras_backend() -> str:
-    import keras
-    return keras.backend.backend()
-
-
-def detect_device() -> str:
-    """'CPU' or the accelerator's name, as the active Keras backend sees it."""
-    backend = keras_backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                details = tf.config.experimental.get_device_details(gpus[0])
-                return str(details.get("device_name", gpus[0].name))
-        elif backend == "jax":
-            import jax
-            dev = jax.devices()[0]
-            if dev.platform != "cpu":
-                return str(getattr(dev, "device_kind", dev.platform))
-        elif backend == "torch":
-            import torch
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_name(0)
-    except Exception:  # device probing must never break training
-        pass
-    return "CPU"
-
-
 def gpu_compute_capability() -> tuple[int, int] | None:
     """(major, minor) of the first GPU the active Keras backend sees, or None (no GPU, or it cannot tell)."""
     backend = keras_backend()
