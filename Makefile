@@ -72,3 +72,8 @@ flow: setup
 ## bench: side-by-side benchmarks (writes reports/benchmarks.md); never part of the tests.
 bench: setup
 	python -m benchmarks
+
+## readme-dag: regenerate the DAG in README.md from `dvc dag --md` (tests/test_readme.py checks it is current).
+.PHONY: readme-dag
+readme-dag:
+	scripts/update-readme-dag.sh
