@@ -1,7 +1,7 @@
 """`python -m benchmarks`: ours vs an alternative, side by side in one run; a ratio table on stdout,
 reports/benchmarks.md and reports/benchmarks.json (raw figures).
 
-Sections (default: 1-5 and 7; 6 only with --end-to-end, ~25 min for the default models on 2 cores):
+Sections (default: 1-5 and 7; 6 only with --end-to-end; modules in benchmarks/sections/):
   1 CSV ingest of the full 60k train CSV: read_kaggle_csv vs pandas.read_csv — wall time and peak RSS,
     each measurement in a fresh process
   2 validation of the full train split: our gate vs a naive per-column GX suite (1,570 expectations),
@@ -14,7 +14,7 @@ Sections (default: 1-5 and 7; 6 only with --end-to-end, ~25 min for the default 
     and the gate with vs without its content checks (duplicates, leakage, near-duplicates, drift)
   8 parallel stages: `python -m flows run` serially vs `--workers 2` on fresh clones, wall time and CPU
     utilisation, plus what 4-16 workers would give (critical path, simulated dispatch); behind --parallel
-    (two full runs of the default model set, ~45 min on 2 cores)
+    (two full runs of the default model set)
 
 A section whose inputs are missing is skipped with the reason; one that fails is reported as skipped
 with its error. Benchmarks are never part of the test suite. Compare figures from one run only.
@@ -37,7 +37,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from benchmarks import harness, parallel, sections  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.sections import (csv_ingest, gate_full_data, gate_vs_naive_gx, inference_speed,  # noqa: E402
+                                 noop_rerun, parallel_stages, stage_times, training_throughput)
+from flows.dag import outs_dir  # noqa: E402
 from pipeline import io  # noqa: E402
 
 TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3": "3. training throughput",
@@ -66,21 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rows", type=int, default=2000, help="section 2: rows of the fault-injection slice")
     p.add_argument("--no-fault-matrix", dest="fault_matrix", action="store_false",
                    help="section 2: skip the injected-fault comparison (saves ~1.5 min)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default reports/)")
+    reports = outs_dir("publish")   # the report directory, as dvc.yaml names it
+    p.add_argument("--out", type=Path, default=reports, help=f"output directory (default {reports}/)")
     return p
 
 
 def run_section(key: str, args, scratch: Path) -> harness.Section:
     ws = args.workspace.resolve()
     calls = {
-        "1": lambda: sections.ingest(ws, args.repeats, scratch),
-        "2": lambda: sections.validation(ws, args.repeats, args.fault_rows, args.fault_matrix),
-        "3": lambda: sections.training(ws, args.repeats, args.train_model, args.train_images),
-        "4": lambda: sections.inference(ws, args.repeats),
-        "5": lambda: sections.cached_rerun(ws, args.repeats, args.noop_target),
-        "6": lambda: sections.end_to_end(ws, args.force),
-        "7": lambda: sections.gate_full(ws, args.repeats, scratch),
-        "8": lambda: parallel.parallel(ws, scratch),
+        "1": lambda: csv_ingest.run(ws, args.repeats, scratch),
+        "2": lambda: gate_vs_naive_gx.run(ws, args.repeats, args.fault_rows, args.fault_matrix),
+        "3": lambda: training_throughput.run(ws, args.repeats, args.train_model, args.train_images),
+        "4": lambda: inference_speed.run(ws, args.repeats),
+        "5": lambda: noop_rerun.run(ws, args.repeats, args.noop_target),
+        "6": lambda: stage_times.run(ws, args.force),
+        "7": lambda: gate_full_data.run(ws, args.repeats, scratch),
+        "8": lambda: parallel_stages.run(ws, scratch),
     }
     started = time.perf_counter()
     try:
@@ -88,9 +92,9 @@ def run_section(key: str, args, scratch: Path) -> harness.Section:
     except Exception as exc:  # a benchmark must never take the others down with it
         section = harness.Section(key, TITLES[key], skipped=f"failed: {type(exc).__name__}: {exc}")
         section.raw = {"traceback": traceback.format_exc()}
-        sections.log(f"section {key} failed:\n{traceback.format_exc()}")
+        harness.log(f"section {key} failed:\n{traceback.format_exc()}")
     section.seconds = time.perf_counter() - started
-    sections.log(f"section {key} done in {section.seconds:.1f} s" + (f" (skipped: {section.skipped})"
+    harness.log(f"section {key} done in {section.seconds:.1f} s" + (f" (skipped: {section.skipped})"
                                                                       if section.skipped else ""))
     return section
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeats": args.repeats,
             "workspace": str(args.workspace.resolve()), "sections": keys, "environment": harness.environment(),
             "argv": sys.argv[1:] if argv is None else argv}
-    scratch = sections.scratch_dir()
+    scratch = harness.scratch_dir()
     try:
         results = [run_section(k, args, scratch) for k in keys]
     finally:

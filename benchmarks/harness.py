@@ -1,4 +1,5 @@
-"""Measurement plumbing: fresh-process runs with peak RSS, medians, result rows and the report."""
+"""Measurement plumbing shared by the sections: fresh-process runs with peak RSS, medians, result rows,
+progress lines, scratch space and the report."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +54,15 @@ class Section:
                 "rows": [r.to_dict() for r in self.rows], "notes": self.notes, "raw": self.raw}
 
 
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout carries the result table)."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -62,8 +73,6 @@ def run_worker(task: str, path: str | Path, timeout: float = 600) -> dict[str, A
     Adds `process_wall_s` (spawn to exit, imports included) and `process_peak_rss` (the kernel's
     ru_maxrss of exactly that child, bytes) to the worker's own JSON line.
     """
-    import tempfile
-
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()

@@ -2,7 +2,7 @@
 repeat -> prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one
 paper CNN, side by side in one run.
 
-    python benchmarks/input_pipeline.py [--model paper-b-cnn] [--n 12000] [--repeats 3] [--data data/split]
+    python benchmarks/input_pipeline.py [--model paper-b-cnn] [--n 12000] [--repeats 3] [--data DIR]
 
 Each variant trains 1 warm-up epoch (graph tracing, cache fill) plus --repeats timed epochs on the
 same fresh model weights; throughput is images / total time of the timed epochs (the median epoch is
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=12000, help="training images per epoch")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=Path("data/split"))
+    from flows.dag import outs_dir
+
+    split = outs_dir("split")   # the split stage's output directory, as dvc.yaml names it
+    parser.add_argument("--data", type=Path, default=split, help=f"directory with train.npz (default {split})")
     args = parser.parse_args(argv)
 
     import keras

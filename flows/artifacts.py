@@ -23,12 +23,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline.data.validate import near_duplicates_of
 
-REPORT = Path("data/validation/report.json")
-COMPARISON = Path("reports/comparison.md")
-COMPARISON_CSV = Path("reports/comparison.csv")
-COMPARISON_HTML = Path("reports/comparison.html")
-# Figures embedded into one markdown artifact, in bytes of image file (base64 adds a third). The default
-# report's ten figures take about 0.7 MB.
+from flows.dag import outs_dir, stage_out
+
+# Where the validate and publish stages write, from dvc.yaml; the file names inside reports/ are publish's.
+REPORT = stage_out("validate", "report.json")
+COMPARISON = outs_dir("publish") / "comparison.md"
+COMPARISON_CSV = COMPARISON.with_suffix(".csv")
+COMPARISON_HTML = COMPARISON.with_suffix(".html")
+# Figures embedded into one markdown artifact, in bytes of image file (base64 adds a third): the default
+# report's figures fit with room to spare; a bigger report names the files it leaves out.
 MAX_EMBED_BYTES = 6_000_000
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".svg": "image/svg+xml", ".webp": "image/webp"}

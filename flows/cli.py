@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_code(exc: BaseException) -> int:
     from pipeline.errors import PipelineError
 
-    from flows.pipeline_flow import ValidationGateFailed
+    from flows.failures import ValidationGateFailed
 
     if isinstance(exc, ValidationGateFailed):
         return 3

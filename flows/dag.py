@@ -1,15 +1,17 @@
-"""The stage DAG as DVC sees it (dvc.yaml, foreach/matrix expanded): names, upstream stages, run order.
+"""The stage DAG as DVC sees it (dvc.yaml, foreach/matrix expanded): names, upstream stages, run order; and
+where a stage writes (stage_out, outs_dir), for code that reads a stage's outputs.
 
-Nothing here declares a stage: the list comes from DVC's own index of the workspace, so a stage added
-to dvc.yaml (or a new `matrix` item such as `train@cnn-simple-42`) becomes a Prefect task with no code change.
+Nothing here declares a stage or a path: the list comes from DVC's own index of the workspace, so a stage added
+to dvc.yaml (or a new `matrix` item such as `train@cnn-simple-42`) becomes a Prefect task with no code change,
+and a stage's outputs are looked up in dvc.yaml, so moving one there moves it for the flows and the benchmarks.
 Not about running stages: see flows.pipeline_flow and flows.parallel.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -25,20 +27,55 @@ class Stage:
     portable: bool = False
 
 
-def dvc_env(workspace: Path | None = None) -> dict[str, str]:
-    """Environment for `dvc`: stage commands call `python`, so this interpreter's bin dir goes first on PATH."""
-    bindir = str(Path(sys.executable).parent)
-    env = dict(os.environ)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
+REPO = Path(__file__).resolve().parents[1]
 
 
-def dvc_executable() -> str:
-    """The `dvc` next to this interpreter (the venv's), else whatever is on PATH."""
-    candidate = Path(sys.executable).parent / "dvc"
-    return str(candidate) if candidate.exists() else "dvc"
+@lru_cache(maxsize=None)
+def _declared(dvc_yaml: Path) -> dict[str, dict[str, tuple[str, ...]]]:
+    """stage -> {"outs"|"metrics"|"plots": paths as written in dvc.yaml}."""
+    import yaml
+
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    return {name: {kind: tuple(next(iter(e)) if isinstance(e, dict) else str(e)
+                               for e in (definition or {}).get(kind) or [])
+                   for kind in ("outs", "metrics", "plots")}
+            for name, definition in stages.items()}
+
+
+def _stage(stage: str, workspace: str | os.PathLike | None) -> dict[str, tuple[str, ...]]:
+    """The workspace's declaration of `stage`, else (no dvc.yaml there, or no such stage) this repository's."""
+    for dvc_yaml in dict.fromkeys(((Path(workspace) if workspace else REPO) / "dvc.yaml", REPO / "dvc.yaml")):
+        if dvc_yaml.exists():
+            declared = _declared(dvc_yaml.resolve())
+            if stage in declared:
+                return declared[stage]
+    raise PipelineError(f"dvc.yaml: no stage '{stage}'", hint=f"stages in {REPO / 'dvc.yaml'}: "
+                                                              f"{', '.join(_declared(REPO / 'dvc.yaml'))}")
+
+
+def stage_outs(stage: str, workspace: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Every output `stage` declares in dvc.yaml (outs, metrics, plots) as written there: relative to the
+    workspace root, `${...}` left as is. From the workspace's dvc.yaml, else this repository's. Plain YAML, no
+    DVC, so that module constants and CLI defaults can use it."""
+    kinds = _stage(stage, workspace)
+    return kinds["outs"] + kinds["metrics"] + kinds["plots"]
+
+
+def stage_out(stage: str, endswith: str, workspace: str | os.PathLike | None = None) -> Path:
+    """The one output of `stage` whose path ends with `endswith`, e.g. stage_out("fetch", "train.csv")."""
+    found = [p for p in stage_outs(stage, workspace) if p.endswith(endswith)]
+    if len(found) != 1:
+        raise PipelineError(f"dvc.yaml: stage '{stage}' has {len(found)} outputs ending with {endswith!r}: {found}")
+    return Path(found[0])
+
+
+def outs_dir(stage: str, workspace: str | os.PathLike | None = None) -> Path:
+    """The directory that holds the `outs` of `stage` (cut at the first `${...}`): data/split for split, models
+    for train, metrics for evaluate; a stage whose one output is a directory (publish: reports) gives that."""
+    outs = [p.split("${", 1)[0].rstrip("/") for p in _stage(stage, workspace)["outs"]]
+    if not outs:
+        raise PipelineError(f"dvc.yaml: stage '{stage}' declares no outs")
+    return Path(outs[0] if len(outs) == 1 else os.path.commonpath(outs))
 
 
 def _address(stage) -> str:

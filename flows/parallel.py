@@ -43,10 +43,12 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.errors import PipelineError
 from pipeline.io import write_text
 
-from flows.dag import Stage, dvc_env
-from flows.pipeline_flow import (StageFailed, _retry_if_transient, classify_failure, raise_for_failure, run_dvc,
-                                 run_dvc_stage)
+from flows.dag import Stage
+from flows.dvc_env import dvc_env
+from flows.failures import raise_for_failure, retry_if_transient, step_failed
+from flows.pipeline_flow import run_dvc, run_dvc_stage
 
+DASK_LOGS = Path(__file__).with_name("dask_logs.py")   # a worker preload, by path
 # The thread pools a stage's libraries size from the environment: BLAS/OpenMP (numpy, scikit-learn),
 # joblib's n_jobs=-1 (LOKY_MAX_CPU_COUNT) and TensorFlow's intra-/inter-op pools.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -131,8 +133,9 @@ def local_worker_specs(n_workers: int, cores: int, gpus: int, prefect_api_url: s
             if i < gpus:
                 resources["GPU"] = 1
         # memory_limit 0: the stage runs in a subprocess that the worker's memory monitor does not see anyway.
+        # preload: no dashboard address in the worker's start-up lines (flows.dask_logs).
         specs[f"stage-worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "env": env,
-                                                                "memory_limit": 0}}
+                                                                "memory_limit": 0, "preload": [str(DASK_LOGS)]}}
     return specs
 
 
@@ -142,9 +145,19 @@ def local_cluster(n_workers: int, prefect_api_url: str | None = None):
     ephemeral run report to it instead of starting Prefect servers of their own."""
     from distributed import Scheduler, SpecCluster
 
+    from flows import dask_logs
+
+    class Cluster(SpecCluster):
+        # distributed serves HTTP on 127.0.0.1 even with dashboard_address=None (that leaves out only the Bokeh
+        # pages): no link for prefect-dask to announce, and no address in the scheduler's log (flows.dask_logs).
+        @property
+        def dashboard_link(self) -> str:
+            return ""
+
+    dask_logs.install()
     workers = local_worker_specs(n_workers, os.cpu_count() or 1, gpu_count(), prefect_api_url)
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-    return SpecCluster(workers=workers, scheduler=scheduler, name="fmnist-pipeline")
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None, "dashboard": False}}
+    return Cluster(workers=workers, scheduler=scheduler, name="fmnist-pipeline")
 
 
 def dask_task_runner(workers: int, address: str | None):
@@ -283,7 +296,7 @@ def _granted_threads(worker, cpus: float) -> int:
     return max(1, int(min(cpus, declared) if declared else cpus))
 
 
-@task(name="dvc-stage-on-worker", retry_condition_fn=_retry_if_transient, persist_result=False,
+@task(name="dvc-stage-on-worker", retry_condition_fn=retry_if_transient, persist_result=False,
       cache_policy=NO_CACHE)
 def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, lock_text: str, remote_url: str,
                         cpus: float = 1, timeout_s: float | None = None) -> dict[str, Any]:
@@ -296,23 +309,19 @@ def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, loc
         clone = prepare_clone(_worker_root(worker), snapshot, slot, remote_url)
         write_text(clone / "dvc.lock", lock_text)
         threads = _granted_threads(worker, cpus)
-        env = {**dvc_env(clone), **thread_env(threads)}
+        env = dvc_env(**thread_env(threads))
         log.info("stage '%s' on worker %s (clone %s, %d thread(s))", stage, where, clone.name, threads)
         if upstream:
             returncode, lines, _ = run_dvc(clone, ["pull", *upstream], env=env, exclusive=False)
             if returncode != 0:
-                transient, why = classify_failure(lines)
                 log.error("stage '%s': could not pull its inputs from the DVC remote %s", stage, remote_url)
-                raise StageFailed(stage, returncode, "\n".join(lines[-40:]), transient=transient,
-                                  why=f"pulling its inputs from the DVC remote failed; {why}")
+                raise step_failed(stage, returncode, lines, "pulling its inputs from the DVC remote")
         returncode, status, lines = run_dvc_stage(clone, stage, log=log, timeout_s=timeout_s, pull=True, env=env,
                                                   exclusive=False)
         raise_for_failure(stage, returncode, status, lines, timeout_s, log)
         returncode, lines, _ = run_dvc(clone, ["push", "--run-cache", stage], env=env, exclusive=False)
         if returncode != 0:
-            transient, why = classify_failure(lines)
-            raise StageFailed(stage, returncode, "\n".join(lines[-40:]), transient=transient,
-                              why=f"pushing its outputs to the DVC remote failed; {why}")
+            raise step_failed(stage, returncode, lines, "pushing its outputs to the DVC remote")
     duration = round(time.monotonic() - started, 2)
     log.info("stage '%s' %s on worker %s in %.1f s; outputs pushed", stage, status, where, duration)
     return {"stage": stage, "status": status, "duration_s": duration, "worker": where, "threads": threads}

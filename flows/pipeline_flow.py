@@ -2,16 +2,12 @@
 
 Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC decides what is cached;
 a stage DVC skips ends in a Completed state named "Cached". One `dvc status` call up front spares the
-per-stage DVC call (about 1.3 s each) for stages DVC already reports up to date and whose upstream stages
-did not run: a no-op flow run costs one DVC call, not one per stage.
+per-stage DVC call for stages DVC already reports up to date and whose upstream stages did not run: a no-op
+flow run costs one DVC call, not one per stage.
 By default stages run one after another, under a process-wide lock and a workspace lock file (DVC cannot
 run two stages in one checkout); with `workers` > 1 or a `dask_address`, independent stages run at the
-same time on Dask workers, each in a clone of its own (flows.parallel). Only failures that can be
-transient are retried (classify_failure: a DVC lock held elsewhere, a process killed by a signal, the
-network); bad input (exit 2), an exception in stage code and a timeout (params.yaml
-`orchestration.stage_timeout_s`) are not. A data-validation failure (a stage exiting with
-ValidationFailed's exit code, 3) is terminal: no retry, downstream stages are not run, and the flow
-fails with the gate's reason.
+same time on Dask workers, each in a clone of its own (flows.parallel). Which failures are retried, and the
+data gate's terminal exit 3: flows.failures (a timeout comes from params.yaml `orchestration.stage_timeout_s`).
 Artifacts (validation summary, model comparison, run summary): flows.artifacts.
 Not about when to run: see flows.watcher and flows.deployments.
 """
@@ -33,74 +29,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from pipeline.errors import ValidationFailed
-from pipeline.params import OrchestrationParams, section
 from pipeline.io import workspace_lock
+from pipeline.params import OrchestrationParams, section
 
 from flows import STATE_DIR, fingerprint
 from flows.artifacts import publish_artifacts
-from flows.dag import Stage, dvc_env, dvc_executable, load_stages
+from flows.dag import Stage, load_stages
+from flows.dvc_env import dvc_env, dvc_executable
+from flows.failures import ValidationGateFailed, raise_for_failure, retry_if_transient
 
-VALIDATION_EXIT_CODE = ValidationFailed("").exit_code   # 3
 _DVC_LOCK = threading.Lock()   # one DVC call at a time in this process, whatever the task runner
 RUNNING_GROUPS: set[int] = set()   # process groups of the DVC commands running now (flows.parallel stops them)
-_LOG_TAIL = 40
-
-
-class StageFailed(RuntimeError):
-    """A stage's command (or DVC itself) failed. Retried only when `transient` (see classify_failure)."""
-
-    def __init__(self, stage: str, returncode: int, tail: str, transient: bool = False, why: str = ""):
-        super().__init__(f"stage '{stage}' failed (dvc exit {returncode}; {why or 'not retried'}):\n{tail}")
-        self.stage, self.returncode, self.tail, self.transient, self.why = stage, returncode, tail, transient, why
-
-    def __reduce__(self):   # picklable: a failure raised on a Dask worker travels back to the flow
-        return type(self), (self.stage, self.returncode, self.tail, self.transient, self.why)
-
-
-class StageTimedOut(StageFailed):
-    """The stage ran longer than its timeout (params.yaml `orchestration.stage_timeout_s`) and was stopped."""
-
-
-# What DVC or the system print when a failure may pass on retry: another process holds a lock, the process
-# was killed by a signal (e.g. the OOM killer while other work ran), the network hiccuped.
-_TRANSIENT = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|exited with -\d+|"
-                        r"Temporary failure in name resolution|Connection (reset|refused)|timed out|"
-                        r"Too many open files|Resource temporarily unavailable")
-
-
-def stage_exit_code(lines: list[str]) -> int | None:
-    """The stage command's exit code as DVC reports it (`... exited with 3`), or None when DVC did not say."""
-    found = re.search(r"exited with (-?\d+)", "\n".join(lines))
-    return int(found.group(1)) if found else None
-
-
-def classify_failure(lines: list[str]) -> tuple[bool, str]:
-    """(transient?, why) for a failed `dvc repro`. Never transient: bad input (a stage exit 2), the data gate
-    (exit 3), an exception in stage code (a traceback): those fail the same way every time."""
-    text = "\n".join(lines)
-    code = stage_exit_code(lines)
-    if code == 2:
-        return False, "bad input or settings (exit 2): not retried"
-    if code == VALIDATION_EXIT_CODE:
-        return False, "rejected by the data gate (exit 3): not retried"
-    if "Traceback (most recent call last)" in text:
-        return False, "an exception in stage code: not retried"
-    match = _TRANSIENT.search(text)
-    if match:
-        return True, f"may be transient ({match.group(0)}): retried"
-    return False, "not known to be transient: not retried"
-
-
-class ValidationGateFailed(RuntimeError):
-    """The data-quality gate rejected the data. Terminal: never retried."""
-
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"data validation failed in stage '{stage}' (terminal, not retried):\n{reason}")
-        self.stage, self.reason = stage, reason
-
-    def __reduce__(self):
-        return type(self), (self.stage, self.reason)
 
 
 @dataclass
@@ -147,7 +86,7 @@ def run_dvc(workspace: Path, args: list[str], log=None, timeout_s: float | None 
     lines: list[str] = []
     timed_out = threading.Event()
     with _DVC_LOCK if exclusive else contextlib.nullcontext():
-        proc = subprocess.Popen([dvc_executable(), *args], cwd=workspace, env=env or dvc_env(workspace),
+        proc = subprocess.Popen([dvc_executable(), *args], cwd=workspace, env=env or dvc_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 errors="replace", start_new_session=True)
         RUNNING_GROUPS.add(proc.pid)
@@ -218,7 +157,7 @@ def stale_stages(workspace: Path) -> set[str] | None:
     `dvc repro`, which is always correct, only slower.
     """
     with _DVC_LOCK:
-        proc = subprocess.run([dvc_executable(), "status", "--json"], cwd=workspace, env=dvc_env(workspace),
+        proc = subprocess.run([dvc_executable(), "status", "--json"], cwd=workspace, env=dvc_env(),
                               capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         return None
@@ -229,51 +168,8 @@ def stale_stages(workspace: Path) -> set[str] | None:
     return {name.rsplit(":", 1)[-1] for name in report} if isinstance(report, dict) else None
 
 
-def is_validation_failure(returncode: int, lines: list[str]) -> bool:
-    """DVC exits non-zero and reports the stage command's exit code as `exited with 3`."""
-    return returncode != 0 and stage_exit_code(lines) == VALIDATION_EXIT_CODE
-
-
-def _validation_reason(lines: list[str]) -> str:
-    """The CLI's `error [stage]: ...` paragraph (what failed and how to fix it), else the output tail."""
-    start = next((i for i, line in enumerate(lines) if re.match(r"error \[[\w@.-]+\]:", line)), None)
-    if start is None:
-        return "\n".join(lines[-_LOG_TAIL:])
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("ERROR: ")), len(lines))
-    return "\n".join(lines[start:end])
-
-
-def raise_for_failure(stage: str, returncode: int, status: str, lines: list[str], timeout_s: float | None,
-                      log) -> None:
-    """Raise the typed failure of a `dvc repro` of `stage` (timeout, data gate, other); nothing on success."""
-    if status == "timed out":
-        raise StageTimedOut(stage, returncode, "\n".join(lines[-_LOG_TAIL:]),
-                            why=f"stopped after its {timeout_s:g} s timeout (orchestration.stage_timeout_s): "
-                                "not retried")
-    if returncode == 0:
-        return
-    if is_validation_failure(returncode, lines):
-        reason = _validation_reason(lines)
-        log.error("validation gate rejected the data (terminal, no retry):\n%s", reason)
-        raise ValidationGateFailed(stage, reason)
-    transient, why = classify_failure(lines)
-    log.error("stage '%s' failed: %s", stage, why)
-    raise StageFailed(stage, returncode, "\n".join(lines[-_LOG_TAIL:]), transient=transient, why=why)
-
-
 # ---------------------------------------------------------------------------------------------- task
-def _retry_if_transient(task, task_run, state) -> bool:
-    """Prefect's retry condition: only a StageFailed that classify_failure called transient is retried."""
-    try:
-        state.result()
-    except StageFailed as exc:
-        return exc.transient
-    except Exception:
-        return False
-    return False
-
-
-@task(name="dvc-stage", retry_condition_fn=_retry_if_transient, persist_result=False)
+@task(name="dvc-stage", retry_condition_fn=retry_if_transient, persist_result=False)
 def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool = False,
               timeout_s: float | None = None):
     """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error.

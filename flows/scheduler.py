@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.dag import Stage
+from flows.failures import failed_status, failure_of, step_failed
 from flows.parallel import (cluster_shape, default_remote_url, run_stage_on_worker, stage_resources,
                             stop_stage_processes, take_snapshot, wants_gpu)
-from flows.pipeline_flow import StageFailed, run_dvc, run_dvc_stage
+from flows.pipeline_flow import run_dvc, run_dvc_stage
 
 
 def _final_state(future):
@@ -33,7 +34,7 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
     workers' DVC commands are stopped, nothing more is recorded, and the interrupt propagates: the next run
     starts from what dvc.lock holds.
     """
-    from flows.pipeline_flow import ValidationGateFailed, run_stage
+    from flows.pipeline_flow import run_stage   # (it imports this module)
 
     if runner is not None:
         remote_url = default_remote_url(ws)
@@ -59,25 +60,19 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
                             timeout_s=orchestration.timeout_for(stage.name), return_state=True)
         settle(stage.name, state)
 
-    def settle(name: str, state, extra: dict[str, Any] | None = None) -> None:
+    def settle(name: str, state) -> None:
         nonlocal failure
         if state.is_completed():
-            outcome = {**state.result(), **(extra or {})}
+            outcome = state.result()
             outcomes[name] = outcome
             done.add(name)
             if outcome.get("status") in ("ran", "restored"):
                 ran.add(name)
             return
         failed.add(name)
-        try:
-            state.result()
-        except BaseException as exc:   # noqa: BLE001 - the first one is re-raised by the flow
-            error = exc
-        else:
-            error = RuntimeError(f"stage '{name}' ended in state {state.type.value}")
-        outcomes[name] = {"stage": name, "status": "failed (validation)"
-                          if isinstance(error, ValidationGateFailed) else "failed"}
-        failure = failure or error
+        error = failure_of(name, state)
+        outcomes[name] = {"stage": name, "status": failed_status(error)}
+        failure = failure or error   # the flow re-raises the first one
 
     def ensure_on_remote(names: list[str]) -> None:
         """Push the outputs of upstream stages a worker will pull (once per stage and run)."""
@@ -90,8 +85,7 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
         args = ["push"] + ([] if run_cache_pushed else ["--run-cache"]) + missing
         returncode, lines, _ = run_dvc(ws, args)
         if returncode != 0:
-            raise StageFailed(",".join(missing), returncode, "\n".join(lines[-40:]),
-                              why="pushing inputs to the DVC remote failed")
+            raise step_failed(",".join(missing), returncode, lines, "pushing inputs to the DVC remote", classify=False)
         on_remote.update(missing)
         run_cache_pushed = True
 
@@ -118,8 +112,8 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
         if returncode != 0:
             failed.add(name)
             outcomes[name] = {"stage": name, "status": "failed (recording)"}
-            failure = failure or StageFailed(name, returncode, "\n".join(lines[-40:]),
-                                             why="recording the worker's run in the workspace failed")
+            failure = failure or step_failed(name, returncode, lines, "recording the worker's run in the workspace",
+                                             classify=False)
             return
         if status == "ran":   # the worker's run was not on the remote: DVC ran the stage here instead
             log.warning("stage '%s': the worker's run was not found on the DVC remote; it ran again here", name)

@@ -22,7 +22,8 @@ from conftest import REPO, make_workspace
 from flows import fingerprint
 from flows.dag import load_stages
 from flows.artifacts import validation_markdown
-from flows.pipeline_flow import ValidationGateFailed, pipeline_flow
+from flows.failures import ValidationGateFailed
+from flows.pipeline_flow import pipeline_flow
 from flows.watcher import resource_id, watcher_flow
 
 TARGET = ["split"]
@@ -307,7 +308,7 @@ def test_validation_artifact_shows_warnings_and_the_near_duplicate_share(tmp_pat
     (["something else went wrong, exited with 1"], False),
 ])
 def test_only_failures_that_can_be_transient_are_retried(output, transient):
-    from flows.pipeline_flow import classify_failure
+    from flows.failures import classify_failure
 
     is_transient, why = classify_failure(output)
     assert is_transient is transient and why
@@ -336,7 +337,7 @@ def _fails_once(ws: Path, change, error, match: str, **flow_kwargs) -> None:
 
 
 def test_bad_input_is_not_retried_and_a_timeout_stops_the_stage(ran_workspace):
-    from flows.pipeline_flow import StageFailed, StageTimedOut
+    from flows.failures import StageFailed, StageTimedOut
 
     ws, _ = ran_workspace
     _fails_once(ws, lambda p: p["models"]["gaussian-nb"].update(priors="uniform"), StageFailed, "exit 2")

@@ -20,9 +20,11 @@ from conftest import make_workspace, run_dvc, write_csv_slice
 from pipeline.errors import PipelineError
 
 from flows.dag import Stage, load_stages
+from flows.dvc_env import flow_env
+from flows.failures import StageFailed, ValidationGateFailed
 from flows.parallel import (ClusterShape, cache_every_output, local_worker_specs, stage_resources, take_snapshot,
                             thread_env, wants_gpu)
-from flows.pipeline_flow import StageFailed, ValidationGateFailed, pipeline_flow
+from flows.pipeline_flow import pipeline_flow
 
 pytestmark = pytest.mark.slow
 
@@ -237,8 +239,7 @@ def test_the_data_gate_stops_everything_downstream(prefect_server, fmnist, tmp_p
 
 def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_server, fmnist, source, tmp_path):
     ws = workspace(tmp_path, fmnist, source)
-    # COLUMNS: Prefect's console log handler wraps lines at the terminal width, 80 without a terminal
-    env = dict(os.environ, PREFECT_API_URL=api_url(), PYTHONUNBUFFERED="1", COLUMNS="1000")
+    env = flow_env(PREFECT_API_URL=api_url(), PYTHONUNBUFFERED="1")   # whole log lines: the test reads them
     cmd = [sys.executable, "-m", "flows", "run", "--workspace", str(ws), "--workers", "2"]
     log_path = tmp_path / "flow.log"
     with open(log_path, "w") as out:

@@ -29,6 +29,7 @@ import pytest
 from conftest import REPO, make_workspace
 
 from flows import DATASET_CHANGED_EVENT, fingerprint
+from flows.dvc_env import dvc_env
 from flows.watcher import resource_id
 
 pytestmark = pytest.mark.slow
@@ -129,11 +130,9 @@ def test_served_deployments_react_to_a_changed_data_slice(fmnist, tmp_path):
                                           "publish.sample_images": 4})
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    bindir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api_url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_UI_ENABLED="false",
-               PREFECT_RUNNER_POLL_FREQUENCY="2", PREFECT_LOGGING_LEVEL="INFO", DVC_NO_ANALYTICS="1",
-               PYTHONPATH=str(REPO), PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+    env = dvc_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api_url,
+                  PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_UI_ENABLED="false",
+                  PREFECT_RUNNER_POLL_FREQUENCY="2", PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
     env.pop("PREFECT_PROFILES_PATH", None)
     server = serve = None
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"

@@ -31,7 +31,8 @@ from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
-from tests.conftest import REPO, dvc_env, make_workspace, run_cli, run_dvc, write_csv_slice
+from flows.dvc_env import dvc_env
+from tests.conftest import REPO, make_workspace, run_cli, run_dvc, write_csv_slice
 
 
 def sha(path: Path) -> str:

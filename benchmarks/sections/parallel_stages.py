@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPO, Row, Section
-from benchmarks.sections import dvc_bin, dvc_env, log
+from benchmarks.harness import REPO, Row, Section, log
+from flows.dvc_env import dvc_env, dvc_executable, flow_env
 
 # What the flow logs when a stage ran: "stage 'X' ran in 12.3 s" (in the workspace) or
 # "stage 'X' ran on worker W in 12.3 s; outputs pushed" (on a Dask worker).
@@ -31,8 +31,8 @@ SIXTEEN = ["cnn-dropout-1", "cnn-dropout-3", "cnn-ours", "svc", "gradient-boosti
 
 def fresh_clone(dest: Path, remote: Path) -> Path:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(dest)], check=True)
-    subprocess.run([dvc_bin(), "remote", "add", "--local", "-f", "-d", "bench", str(remote)], cwd=dest,
-                   env=dvc_env(), check=True, capture_output=True)
+    subprocess.run([dvc_executable(), "remote", "add", "--local", "-f", "-d", "bench", str(remote)], cwd=dest,
+                   env=dvc_env(pythonpath=REPO), check=True, capture_output=True)
     return dest
 
 
@@ -46,9 +46,8 @@ def timed_flow(workspace: Path, workers: int) -> dict[str, Any]:
     log(f"parallel: {' '.join(cmd[1:])}")
     before = psutil.cpu_times()
     started = time.perf_counter()
-    with open(workspace / "flow.log", "w") as out:
-        # COLUMNS: Prefect's console log handler wraps lines at the terminal width (80 without one)
-        proc = subprocess.run(cmd, cwd=workspace, stdout=out, stderr=subprocess.STDOUT, env={**dvc_env(), "COLUMNS": "1000"},
+    with open(workspace / "flow.log", "w") as out:   # read back for STAGE_RAN: whole lines (flow_env)
+        proc = subprocess.run(cmd, cwd=workspace, stdout=out, stderr=subprocess.STDOUT, env=flow_env(pythonpath=REPO),
                               timeout=6 * 3600)
     wall = time.perf_counter() - started
     after = psutil.cpu_times()
@@ -139,7 +138,7 @@ def stage_seconds(measured: dict[str, dict[str, Any]]) -> tuple[dict[str, float]
     return seconds, borrowed
 
 
-def parallel(workspace: Path, scratch: Path, workers: int = 2) -> Section:
+def run(workspace: Path, scratch: Path, workers: int = 2) -> Section:
     s = Section("parallel", f"8. parallel stages: serial vs --workers {workers} (default model set)")
     runs = {}
     for n in (1, workers):
