@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.io import workspace_lock
@@ -34,6 +36,27 @@ STAGES = {
 }
 # Commands that only read the workspace: they run beside a `dvc repro` (serve for hours) without its lock.
 READ_ONLY = frozenset({"predict", "serve"})
+
+
+def dvc_option(stage: str, option: str, dvc_file: str | Path = "dvc.yaml") -> Path:
+    """The path dvc.yaml's `stage` command passes as `option`, for a hand-run stage that omits it.
+
+    dvc.yaml is the one home of the pipeline's paths, so the CLI reads them from there instead of repeating them.
+    """
+    import yaml
+
+    dvc_file = Path(dvc_file)
+    if not dvc_file.exists():
+        raise PipelineError(f"{option} not given, and {dvc_file} (where the {stage} stage's paths live) not found",
+                            hint=f"pass {option}, or run from the repository root")
+    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    cmd = (stages.get(stage) or {}).get("cmd", "")
+    words = shlex.split(" ".join(cmd) if isinstance(cmd, list) else str(cmd))
+    at = words.index(option) + 1 if option in words else len(words)
+    if at >= len(words) or "${" in words[at]:
+        raise PipelineError(f"{dvc_file}: the {stage} stage's command passes no fixed {option}",
+                            hint=f"pass {option}")
+    return Path(words[at])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ import contextlib
 import io as _stdio
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,10 +39,10 @@ INPUT_NAME = "image"
 
 @dataclass(frozen=True)
 class ExportParams:
-    """params.yaml `export`."""
-    models: list[str] = field(default_factory=list)   # Keras models in train.models to export (DVC matrix)
-    check_images: int = 1000                           # official test images the exported model is checked on
-    max_abs_diff: float = 1e-5                         # largest allowed |p_onnx - p_keras|
+    """params.yaml `export` (every key required: params.yaml is the one home of these values)."""
+    models: list[str]       # Keras models in train.models to export (DVC matrix)
+    check_images: int       # official test images the exported model is checked on
+    max_abs_diff: float     # largest allowed |p_onnx - p_keras|
 
     def __post_init__(self):
         if self.check_images < 1 or not 0 < self.max_abs_diff < 1:
@@ -109,8 +109,8 @@ def _quiet():
                                 hint="check that onnx and tf2onnx are installed (pip install -e .)") from None
 
 
-def export_model(name: str, model_dir: Path, out: Path, x_check: np.ndarray, *, max_abs_diff: float = 1e-5
-                 ) -> dict[str, Any]:
+def export_model(name: str, model_dir: Path, out: Path, x_check: np.ndarray, *,
+                 max_abs_diff: float) -> dict[str, Any]:
     """Export models/<name>/seed-<seed> to out/ (atomic), after checking it against Keras on x_check."""
     import keras
 
@@ -178,14 +178,14 @@ def add_cli(parser) -> None:
 def cli(args) -> None:
     from pipeline.evaluate import load_test_set
     from pipeline.models import registry
-    from pipeline.params import TrainParams, build, load_params
+    from pipeline.params import TrainParams, load_params, section
     from pipeline.predict import model_dir_for
     from pipeline.train import run_dir, seed_of
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     raw = load_params(args.params)
-    params = build(ExportParams, raw.get("export", {}), "export")
-    train = build(TrainParams, raw.get("train", {}), "train")
+    params = section(ExportParams, "export", raw)
+    train = section(TrainParams, "train", raw)
     check_export_models(params.models, train.models)
     if registry.get(args.model).family != "keras":
         raise PipelineError(f"`{args.model}` is a scikit-learn model; only Keras models are exported to ONNX",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -36,23 +36,27 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 def build(cls: type[T], raw: Any, where: str) -> T:
-    """Construct dataclass `cls` from mapping `raw`, rejecting unknown and missing keys."""
+    """Construct dataclass `cls` from mapping `raw`, rejecting unknown and missing keys.
+
+    Every field is required: params.yaml is the one home of every setting, so a key deleted from it is an
+    error naming the key, never a value silently taken from somewhere else.
+    """
     if not isinstance(raw, dict):
-        raise PipelineError(f"params.yaml: `{where}` must be a mapping, got {type(raw).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+        raise PipelineError(f"params.yaml: `{where}` must be a mapping, got {type(raw).__name__}",
+                            hint=f"write `{where}:` as a mapping of keys (see the shipped params.yaml)")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
     if unknown:
         raise PipelineError(
             f"params.yaml: unknown key(s) in `{where}`: {', '.join(unknown)}",
             hint=f"valid keys are: {', '.join(sorted(names))}",
         )
-    required = {
-        f.name for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    missing = sorted(required - set(raw))
+    missing = [name for name in names if name not in raw]
     if missing:
-        raise PipelineError(f"params.yaml: missing key(s) in `{where}`: {', '.join(missing)}")
+        keys = ", ".join(f"`{where}.{name}`" for name in missing)
+        raise PipelineError(f"params.yaml: missing key(s) in `{where}`: {', '.join(missing)}",
+                            hint=f"add {keys} to params.yaml (every setting lives there; see the shipped "
+                                 "params.yaml for its value and meaning)")
     hints = typing.get_type_hints(cls)
     for key, value in raw.items():
         check_type(value, hints[key], f"{where}.{key}")
@@ -112,68 +116,69 @@ def check_type(value: Any, hint: Any, key: str) -> None:
 def section(cls: type[T], name: str, params: dict[str, Any] | None = None, path: str | Path = DEFAULT_PARAMS) -> T:
     params = load_params(path) if params is None else params
     if name not in params:
-        raise PipelineError(f"params.yaml: section `{name}` is missing")
+        raise PipelineError(f"params.yaml: section `{name}` is missing",
+                            hint=f"add the `{name}:` section to params.yaml (see the shipped params.yaml)")
     return build(cls, params[name], name)
 
+
+# One dataclass per params.yaml section. No field has a default: the values live in params.yaml only, and
+# `build` rejects a missing key, so a value here could never be used anyway and would only drift from the file.
 
 @dataclass(frozen=True)
 class FetchParams:
     # A directory holding the official IDX files (.gz or not) or Kaggle CSVs, or an http(s) URL of a mirror.
     source: str
-    # Keep only the first N rows of each split (None = all). For quick trials and tests; the
-    # validate stage's expected row counts must agree.
-    max_rows: int | None = None
-    timeout_s: float = 30.0
+    # Keep only the first N rows of each split (null = all): quick trials and tests; the validate stage's
+    # expected row counts must agree.
+    max_rows: int | None
+    timeout_s: float
 
 
 @dataclass(frozen=True)
 class ValidateParams:
-    expected_rows: dict[str, int] = field(default_factory=lambda: {"train": 60000, "test": 10000})
+    expected_rows: dict[str, int]
     # Each class's share of a split must lie within 1/10 +- this tolerance (absolute share).
-    class_share_tolerance: float = 0.02
+    class_share_tolerance: float
     # How many offending rows/columns a failure message lists.
-    max_examples: int = 5
+    max_examples: int
     # Content checks (pipeline.data.content). Each `max_share` is the largest share of a split's rows allowed;
     # `on_exceed` is "fail" (the gate rejects the data, exit 3) or "warn" (reported; the data pass).
-    duplicates: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.001, "on_exceed": "fail"})
-    test_in_train: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.0, "on_exceed": "fail"})
-    near_duplicates: dict[str, Any] = field(
-        default_factory=lambda: {"max_rms": 0.05, "max_share": 0.01, "on_exceed": "warn"})
-    degenerate_images: dict[str, Any] = field(default_factory=lambda: {"max_share": 0.001, "on_exceed": "fail"})
-    drift: dict[str, Any] = field(default_factory=lambda: {
-        "reference": "pipeline/data/fashion_mnist_profile.json", "min_class_rows": 150, "max_pixel_js": 0.15,
-        "max_mean_image_rmse": 0.08, "max_intensity_psi": 0.5, "on_exceed": "fail"})
+    duplicates: dict[str, Any]
+    test_in_train: dict[str, Any]
+    near_duplicates: dict[str, Any]
+    degenerate_images: dict[str, Any]
+    drift: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ConvertParams:
     # Also write the PNG tree data/images/<split>/<class>/<index>.png (paper A's layout).
-    images: bool = False
-    image_workers: int = 0  # 0 = one per CPU core
+    images: bool
+    image_workers: int  # 0 = one per CPU core
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    train_size: int = 48000
-    val_size: int = 12000
-    seed: int = 42
+    train_size: int
+    val_size: int
+    seed: int
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    # Models the DVC `train` stage trains (foreach); names from pipeline.models.names().
-    models: list[str] = field(default_factory=list)
+    # Models the DVC `train` stage trains (matrix); names from pipeline.models.names().
+    models: list[str]
     # Every model is trained (and evaluated) once per seed: DVC's matrix expands train@<model>-<seed>.
-    seeds: list[int] = field(default_factory=lambda: [42])
-    # true: the exact GradientBoostingClassifier(100 trees, depth 10) (~2-2.5 h on 2 cores) instead of
-    # the HistGradientBoostingClassifier stand-in.
-    exact_gradient_boosting: bool = False
+    seeds: list[int]
+    # true: the exact GradientBoostingClassifier (hours on a small CPU) instead of the
+    # HistGradientBoostingClassifier stand-in.
+    exact_gradient_boosting: bool
     # Keras mixed_float16 training: "auto" = on when the backend sees a GPU with float16 Tensor Cores (compute
     # capability 7.0+, or unknown); true = on whenever a GPU is visible; false = off. Never on CPU
     # (pipeline.train.resolve_mixed_precision).
-    mixed_precision: Literal[True, False, "auto"] = "auto"
+    mixed_precision: Literal[True, False, "auto"]
     # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
-    tf_data: bool = True
+    tf_data: bool
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
@@ -186,10 +191,10 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     # Images per call when predicting the test set; throughput is measured at this batch size.
-    batch_size: int = 1024
+    batch_size: int
     # Timed single-image predictions (median reported) and untimed warm-up calls before them.
-    latency_calls: int = 50
-    warmup_calls: int = 5
+    latency_calls: int
+    warmup_calls: int
 
     def __post_init__(self):
         for key in ("batch_size", "latency_calls"):
@@ -202,13 +207,13 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class PublishParams:
     # McNemar tests between every pair of the `mcnemar_top` most accurate models.
-    mcnemar_top: int = 5
+    mcnemar_top: int
     # Significance level, applied to Holm-adjusted p-values (family-wise over all pairs tested).
-    alpha: float = 0.05
+    alpha: float
     # Test images shown in each of the correct / misclassified grids for the best model.
-    sample_images: int = 16
+    sample_images: int
     # Figure resolution (PNG).
-    dpi: int = 110
+    dpi: int
 
     def __post_init__(self):
         if self.mcnemar_top < 2:

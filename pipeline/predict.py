@@ -228,8 +228,8 @@ def read_inputs(inputs: Iterable[str | Path]) -> list[Item]:
 # ------------------------------------------------------------------------------ CLI
 @dataclass(frozen=True)
 class PredictParams:
-    """params.yaml `predict`: images per predict call (and per progress step)."""
-    batch_size: int = 1024
+    """params.yaml `predict`: images per predict call (and per progress step). Required: params.yaml only."""
+    batch_size: int
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -264,11 +264,11 @@ def model_dir_for(models_dir: Path, name: str, seed: int) -> Path:
 def cli(args) -> None:
     from pipeline import io
     from pipeline.models import registry
-    from pipeline.params import build, load_params
+    from pipeline.params import load_params, section
     from pipeline.train import seed_of
 
     raw = load_params(args.params)
-    batch_size = build(PredictParams, raw.get("predict", {}), "predict").batch_size
+    batch_size = section(PredictParams, "predict", raw).batch_size
     seed = seed_of(raw, args.seed)
     directory = model_dir_for(args.models_dir, args.model, seed)
     items = read_inputs(args.inputs)

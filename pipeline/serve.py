@@ -47,8 +47,8 @@ MULTIPART_OVERHEAD = 16 * 1024   # form boundaries and part headers around the f
 
 @dataclass(frozen=True)
 class ServeParams:
-    """params.yaml `serve`."""
-    max_upload_mb: float = 5.0
+    """params.yaml `serve` (required: params.yaml is the one home of the value)."""
+    max_upload_mb: float
 
     def __post_init__(self):
         if not 0 < self.max_upload_mb <= 100:
@@ -104,9 +104,9 @@ class _Predictors:
             return np.asarray(predictor(x))
 
 
-def create_app(models_dir: Path | str = "models", metrics_dir: Path | str = "metrics",
-               reports_dir: Path | str | None = "reports", *, seed: int = 42, max_upload_bytes: int = 5 * 1024 * 1024,
-               test_images: np.ndarray | None = None, loader: Callable[[Path], Callable] | None = None):
+def create_app(models_dir: Path | str, metrics_dir: Path | str, reports_dir: Path | str | None, *, seed: int,
+               max_upload_bytes: int, test_images: np.ndarray | None = None,
+               loader: Callable[[Path], Callable] | None = None):
     """The FastAPI app over models_dir/<name>/seed-<seed>/ and metrics_dir (pure: reads files per request)."""
     from pipeline.models import registry
     from pipeline.predict import read_picture, record
@@ -293,11 +293,11 @@ def add_cli(parser) -> None:
 def cli(args) -> None:
     import uvicorn
 
-    from pipeline.params import build, load_params
+    from pipeline.params import load_params, section
     from pipeline.train import seed_of
 
     raw = load_params(args.params)
-    params = build(ServeParams, raw.get("serve", {}), "serve")
+    params = section(ServeParams, "serve", raw)
     seed = seed_of(raw, args.seed)
     test_images = None
     if args.test is not None and args.test.exists():

@@ -58,9 +58,10 @@ def convert(interim_dir: Path, report_path: Path, out_dir: Path) -> dict[str, Pa
 
 
 def add_cli(parser) -> None:
-    parser.add_argument("--interim", type=Path, default=Path("data/interim"))
-    parser.add_argument("--report", type=Path, default=Path("data/validation/report.json"))
-    parser.add_argument("--out", type=Path, default=Path("data/processed"))
+    # Required: dvc.yaml is the one home of the pipeline's paths and always passes them.
+    parser.add_argument("--interim", type=Path, required=True, help="directory with {train,test}.parquet")
+    parser.add_argument("--report", type=Path, required=True, help="the validate stage's report.json")
+    parser.add_argument("--out", type=Path, required=True, help="output directory for {train,test}.npz")
 
 
 def cli(args) -> None:

@@ -172,7 +172,7 @@ def _limit(table: pa.Table, max_rows: int | None) -> pa.Table:
     return table if max_rows is None else table.slice(0, max_rows)
 
 
-def fetch(source: str, out_dir: Path, *, max_rows: int | None = None, timeout_s: float = 30.0,
+def fetch(source: str, out_dir: Path, *, max_rows: int | None, timeout_s: float,
           download_dir: Path = Path("data/download")) -> dict[str, Path]:
     """Materialise data/raw/fashion-mnist_{train,test}.csv from `source`; return the written paths."""
     targets = {split: out_dir / CSV_NAMES[split] for split in SPLITS}
@@ -211,11 +211,15 @@ def fetch(source: str, out_dir: Path, *, max_rows: int | None = None, timeout_s:
 
 # ------------------------------------------------------------------------------------------ CLI shell
 def add_cli(parser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("data/raw"), help="output directory for the CSVs")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory for the CSVs (default: the --out that dvc.yaml's fetch stage passes)")
 
 
 def cli(args) -> None:
+    from pipeline.cli import dvc_option
     from pipeline.params import FetchParams, section
 
     params = section(FetchParams, "fetch", path=args.params)
-    fetch(params.source, args.out, max_rows=params.max_rows, timeout_s=params.timeout_s)
+    # dvc.yaml is the one home of the paths: a hand-run fetch writes where `dvc repro fetch` would.
+    out = args.out or dvc_option("fetch", "--out")
+    fetch(params.source, out, max_rows=params.max_rows, timeout_s=params.timeout_s)

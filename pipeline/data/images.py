@@ -1,7 +1,7 @@
 """images stage: optional PNG tree `<out>/<split>/<class-slug>/<index>.png` (paper A's layout).
 
-Disabled by default (convert.images: false): then the output directory holds only a note saying so.
-Encoding runs in a process pool; 70,000 PNGs take well under a minute on 2 cores.
+Off unless params.yaml says `convert.images: true`: then the output directory holds only a note saying so.
+Encoding runs in a process pool (`convert.image_workers`), because PNG encoding is CPU-bound.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, np.ndarray]) -> int:
     return len(index)
 
 
-def export_png_tree(arrays: dict[str, tuple[np.ndarray, np.ndarray]], root: Path, workers: int = 0) -> int:
+def export_png_tree(arrays: dict[str, tuple[np.ndarray, np.ndarray]], root: Path, workers: int) -> int:
     """Write every image as a PNG under root/<split>/<class>/<index>.png; return how many were written."""
     jobs = []
     for split, (x, y) in arrays.items():
@@ -48,8 +48,9 @@ def export_png_tree(arrays: dict[str, tuple[np.ndarray, np.ndarray]], root: Path
 
 
 def add_cli(parser) -> None:
-    parser.add_argument("--processed", type=Path, default=Path("data/processed"))
-    parser.add_argument("--out", type=Path, default=Path("data/images"))
+    # Required: dvc.yaml is the one home of the pipeline's paths and always passes them.
+    parser.add_argument("--processed", type=Path, required=True, help="directory with {train,test}.npz")
+    parser.add_argument("--out", type=Path, required=True, help="root of the PNG tree")
 
 
 def cli(args) -> None:

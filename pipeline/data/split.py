@@ -36,8 +36,9 @@ def class_counts(y: np.ndarray) -> dict[str, int]:
 
 
 def add_cli(parser) -> None:
-    parser.add_argument("--processed", type=Path, default=Path("data/processed"))
-    parser.add_argument("--out", type=Path, default=Path("data/split"))
+    # Required: dvc.yaml is the one home of the pipeline's paths and always passes them.
+    parser.add_argument("--processed", type=Path, required=True, help="directory with {train,test}.npz")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
 
 
 def cli(args) -> None:

@@ -66,6 +66,10 @@ class ModelSpec:
         if values is None:
             raise PipelineError(f"params.yaml: no hyperparameters for model `{self.name}` (`models.{self.name}`)",
                                 hint=f"add `models: {{{self.name}: ...}}` with: {', '.join(self.hyperparameters)}")
+        if not isinstance(values, Mapping):
+            raise PipelineError(f"params.yaml: `models.{self.name}` must be a mapping of hyperparameters, "
+                                f"got {type(values).__name__}",
+                                hint=f"model `{self.name}` needs: {', '.join(self.hyperparameters)}")
         values = dict(values)
         unknown = sorted(set(values) - set(self.hyperparameters))
         if unknown:
@@ -76,7 +80,8 @@ class ModelSpec:
         if missing:
             raise PipelineError(
                 f"params.yaml: `models.{self.name}` lacks hyperparameter(s): {', '.join(missing)}",
-                hint=f"model `{self.name}` needs all of: {', '.join(self.hyperparameters)} "
+                hint=f"add {', '.join(f'`models.{self.name}.{k}`' for k in missing)} to params.yaml: model "
+                     f"`{self.name}` needs all of {', '.join(self.hyperparameters)}, with no default anywhere "
                      "(see the shipped params.yaml for the published recipe's values)")
         from pipeline.params import check_type
 
