@@ -14,7 +14,8 @@ Reads the run models/<name>/seed-<seed>/ and writes, atomically (pipeline.io), u
   seed-<seed>.confusion.csv        one row per test image (actual,predicted class names): DVC `plots`
                                    with the `confusion` template.
 
-The metric functions below are pure (arrays in, numbers out) and are checked against scikit-learn.
+The metric functions below are pure (arrays in, numbers out): scikit-learn's and scipy's, with the label set
+and conventions fixed.
 Not about: training (pipeline.train) or comparing models (pipeline.publish).
 """
 
@@ -22,9 +23,6 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
-import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline import io
+from pipeline.device import describe_device
 from pipeline.errors import PipelineError
 from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_CLASSES
 
@@ -40,34 +39,31 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------ pure metrics
+# Thin wrappers over scikit-learn/scipy: they fix the label set to all 10 classes (a test slice may lack one) and
+# the conventions the report states (zero_division=0, Wilson interval). scikit-learn is imported on first use.
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0 or len(y_true) != len(y_pred):
         raise ValueError(f"need equally long, non-empty label arrays (got {len(y_true)} and {len(y_pred)})")
-    return float(np.mean(y_true == y_pred))
+    return float(accuracy_score(y_true, y_pred))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
-    """Counts; rows = actual class, columns = predicted class (scikit-learn's convention)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    """Counts; rows = actual class, columns = predicted class."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
-def per_class_report(cm: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined, as sklearn's
-    zero_division=0)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    predicted = cm.sum(axis=0)
-    support = cm.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        denom = precision + recall
-        f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray,
+                     class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class; 0 where undefined (a class never predicted or absent)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0)
     return {
         name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                "support": int(support[i])}
@@ -76,6 +72,7 @@ def per_class_report(cm: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES)
 
 
 def macro_average(report: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean over classes (scikit-learn's average="macro")."""
     keys = ("precision", "recall", "f1")
     return {k: float(np.mean([row[k] for row in report.values()])) for k in keys}
 
@@ -86,37 +83,24 @@ def is_one_hot(probs: np.ndarray) -> bool:
     return bool(np.all((probs == 0) | (probs == 1)) and np.all(probs.sum(axis=1) == 1))
 
 
-def log_loss(y_true: np.ndarray, probs: np.ndarray, eps: float | None = None) -> float:
-    """Mean negative log-likelihood of the true class.
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class. Probabilities are clipped at the machine epsilon of their
+    own dtype (scikit-learn's rule), which bounds what one confident mistake can cost."""
+    from sklearn.metrics import log_loss as sk_log_loss
 
-    As scikit-learn 1.9: probabilities are clipped to [eps, 1 - eps] with eps the machine epsilon of
-    their own float dtype (float32: 1.19e-7, so one confident mistake costs at most ~15.9 nats).
-    """
-    probs = np.asarray(probs)
-    if not np.issubdtype(probs.dtype, np.floating):
-        probs = probs.astype(np.float64)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    eps = float(np.finfo(probs.dtype).eps) if eps is None else eps
-    p = np.clip(probs[np.arange(len(y_true)), y_true].astype(np.float64), eps, 1.0 - eps)
-    return float(-np.mean(np.log(p)))
+    return float(sk_log_loss(np.asarray(y_true, dtype=np.int64), probs, labels=np.arange(N_CLASSES)))
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (well-behaved near 0 and 1, unlike the Wald interval)."""
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
     if n <= 0:
         raise ValueError("n must be positive")
     if not 0 <= successes <= n:
         raise ValueError(f"successes must lie in [0, n], got {successes} of {n}")
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[str, Any]:
@@ -158,7 +142,8 @@ def predict_in_batches(predictor: Predictor, x: np.ndarray, batch_size: int,
                        label: str | None = None) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Predict all of x in chunks; return probabilities and [(chunk size, seconds)] per chunk.
 
-    label: say progress with a time estimate under this label every ~10 s (KNN's 10k predictions take minutes)."""
+    label: say progress with a time estimate under this label every ~10 s (slow predictors, e.g. KNN, would
+    otherwise look hung)."""
     from pipeline.progress import BatchProgress
 
     progress = BatchProgress(label, len(x)) if label else None
@@ -200,30 +185,6 @@ def batch1_latency(predictor: Predictor, x: np.ndarray, calls: int, warmup: int)
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "calls": calls}
 
 
-def describe_device(family: str) -> str:
-    """Where inference ran: CPU model and core count, plus a GPU when the Keras backend sees one."""
-    cpu = platform.processor() or platform.machine() or "unknown CPU"
-    desc = f"CPU ({cpu}, {os.cpu_count()} cores)"
-    if family == "keras":
-        try:
-            import keras
-            backend = keras.backend.backend()
-            gpus: list[str] = []
-            if backend == "tensorflow":
-                import tensorflow as tf
-                gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-            elif backend == "jax":
-                import jax
-                gpus = [str(d) for d in jax.devices() if d.platform == "gpu"]
-            elif backend == "torch":
-                import torch
-                gpus = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
-            desc = (f"GPU ({', '.join(gpus)})" if gpus else desc) + f"; keras backend {backend}"
-        except Exception as exc:  # device description must never fail an evaluation
-            desc += f"; backend unknown ({type(exc).__name__})"
-    return desc
-
-
 def model_size_bytes(model_dir: Path) -> int:
     """Bytes of the serialised model itself (model.keras / model.skops), not of train.json/history."""
     files = [p for p in model_dir.iterdir() if p.is_file() and p.name.startswith("model.")]
@@ -238,12 +199,11 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, confidence: floa
     """All test-set quality metrics from true labels and predicted probabilities (pure)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(probs).argmax(axis=1)
-    cm = confusion_matrix(y_true, y_pred)
-    correct = int(np.trace(cm))
+    correct = int(np.sum(y_pred == y_true))
     n = int(len(y_true))
     lo, hi = wilson_interval(correct, n, confidence)
     hard = is_one_hot(probs)
-    report = per_class_report(cm)
+    report = per_class_report(y_true, y_pred)
     return {
         "n": n,
         "correct": correct,
@@ -260,10 +220,12 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, confidence: floa
     }
 
 
-def evaluate_model(name: str, model_dir: Path, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
-                   latency_calls: int = 50, warmup_calls: int = 5,
+def evaluate_model(name: str, model_dir: Path, x: np.ndarray, y: np.ndarray, *, batch_size: int,
+                   latency_calls: int, warmup_calls: int,
                    loader: Callable[[Path], Predictor] | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Load the model in `model_dir`, predict the test set, time inference. Returns (metrics, probs)."""
+    """Load the model in `model_dir`, predict the test set, time inference. Returns (metrics, probs).
+
+    batch_size, latency_calls and warmup_calls are params.yaml `evaluate` (no defaults: that file is their home)."""
     from pipeline.models import registry
 
     model_dir = Path(model_dir)

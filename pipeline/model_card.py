@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.publish import hyperparameter_text
+from pipeline.publish.tables import hyperparameter_text
 from pipeline.schema import CLASS_NAMES, N_CLASSES
 
 CARD_DIR = "model-cards"
@@ -37,8 +37,6 @@ def mean_per_class(runs_per_class: Sequence[dict[str, dict[str, float]]]) -> dic
         out[name] = {k: float(np.mean([row[k] for row in rows])) for k in ("precision", "recall", "f1")}
         out[name]["support"] = int(rows[0]["support"])
     return out
-
-
 
 
 def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int | None = None,
@@ -139,19 +137,20 @@ def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int |
     return "\n".join(out)
 
 
-def write_model_cards(results, out_dir, *, class_counts: dict[str, Any] | None, published) -> list[str]:
-    """Write <out_dir>/model-cards/<model>.md for every result; returns the file names.
-
-    published(result) -> (claim %, kind); the verdict comes from result.claim_holds (publish's own rule)."""
+def write_model_cards(results, out_dir, *, class_counts: dict[str, Any] | None) -> list[str]:
+    """Write <out_dir>/model-cards/<model>.md for every result; returns the file names. The claim verdict is the
+    report's own (ModelResult.claim_verdict), so a card never disagrees with the comparison table."""
     from pathlib import Path
+
+    from pipeline.publish.results import published_accuracy
 
     card_dir = Path(out_dir) / CARD_DIR
     card_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for r in results:
-        claim, kind = published(r)
+        claim, kind = published_accuracy(r)
         text = model_card(r, sizes=(class_counts or {}).get("sizes"), split_seed=(class_counts or {}).get("seed"),
-                          claim=claim, claim_kind=kind, claim_holds=r.claim_holds(claim))
+                          claim=claim, claim_kind=kind, claim_holds=r.claim_verdict)
         (card_dir / f"{r.name}.md").write_text(text, encoding="utf-8")
         names.append(f"{r.name}.md")
     return names

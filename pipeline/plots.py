@@ -1,8 +1,9 @@
 """Static matplotlib figures (PNG, Agg backend) for the published report; used only by pipeline.publish.
 
 Every function takes plain data (arrays, dicts, frames), writes one PNG and returns its path. Nothing
-here reads pipeline outputs or decides what to plot: publish does. PNG output is deterministic (no
-timestamp metadata), so an unchanged input gives byte-identical figures.
+here reads pipeline outputs or decides what to plot: publish does. `dpi` has no default: it is params.yaml
+`publish.dpi`. PNG output is deterministic (no timestamp metadata), so an unchanged input gives
+byte-identical figures.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _save(fig, path: Path, dpi: int) -> Path:
     return path
 
 
-def training_curves(name: str, history, path: Path, dpi: int = 110) -> Path:
+def training_curves(name: str, history, path: Path, dpi: int) -> Path:
     """Train vs validation accuracy and loss per epoch for one model (history: DataFrame from history.csv)."""
     plt = _plt()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -59,7 +60,7 @@ def training_curves(name: str, history, path: Path, dpi: int = 110) -> Path:
     return _save(fig, path, dpi)
 
 
-def epoch_times(histories: Mapping[str, Any], path: Path, dpi: int = 110) -> Path:
+def epoch_times(histories: Mapping[str, Any], path: Path, dpi: int) -> Path:
     """Wall time per epoch, one line per CNN."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -73,7 +74,7 @@ def epoch_times(histories: Mapping[str, Any], path: Path, dpi: int = 110) -> Pat
     return _save(fig, path, dpi)
 
 
-def confusion_heatmap(name: str, cm: np.ndarray, path: Path, dpi: int = 110,
+def confusion_heatmap(name: str, cm: np.ndarray, path: Path, dpi: int,
                       class_names: Sequence[str] = CLASS_NAMES) -> Path:
     """Counts heatmap, rows = actual, columns = predicted, each cell annotated."""
     plt = _plt()
@@ -98,7 +99,7 @@ def confusion_heatmap(name: str, cm: np.ndarray, path: Path, dpi: int = 110,
 
 
 def sample_grid(name: str, x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, indices_ok: Sequence[int],
-                indices_wrong: Sequence[int], path: Path, dpi: int = 110, per_row: int = 8) -> Path:
+                indices_wrong: Sequence[int], path: Path, dpi: int, per_row: int = 8) -> Path:
     """Correctly classified test images (green) above misclassified ones (red), titled true -> predicted."""
     plt = _plt()
     groups = [("correct", list(indices_ok), CORRECT_COLOUR), ("misclassified", list(indices_wrong), WRONG_COLOUR)]
@@ -130,7 +131,7 @@ def sample_grid(name: str, x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray
     return _save(fig, path, dpi)
 
 
-def class_distribution(counts: Mapping[str, Mapping[str, int]], path: Path, dpi: int = 110,
+def class_distribution(counts: Mapping[str, Mapping[str, int]], path: Path, dpi: int,
                        class_names: Sequence[str] = CLASS_NAMES) -> Path:
     """Grouped bars: images per class in each split (train / val / test)."""
     plt = _plt()
@@ -149,7 +150,7 @@ def class_distribution(counts: Mapping[str, Mapping[str, int]], path: Path, dpi:
     return _save(fig, path, dpi)
 
 
-def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int = 110,
+def accuracy_comparison(rows: Sequence[Mapping[str, Any]], path: Path, dpi: int,
                         n_test: int | None = None) -> Path:
     """Horizontal bars of measured test accuracy (95% CI whiskers) with published claims marked.
 

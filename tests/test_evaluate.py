@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 from sklearn import metrics as skm
 from sklearn.naive_bayes import GaussianNB
 
@@ -16,7 +17,7 @@ from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.models import registry
 from pipeline.schema import CLASS_NAMES
-from tests.conftest import run_cli
+from tests.conftest import run_cli, shipped_params
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def test_accuracy_confusion_and_report_match_sklearn(nb_case):
     assert ev.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
     cm = ev.confusion_matrix(y, pred)
     np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(10)))
-    report = ev.per_class_report(cm)
+    assert cm.shape == (10, 10) and ev.confusion_matrix(y[:3], pred[:3]).shape == (10, 10)  # absent classes too
+    report = ev.per_class_report(y, pred)
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=range(10), zero_division=0)
     for i, name in enumerate(CLASS_NAMES):
         assert report[name]["precision"] == pytest.approx(p[i])
@@ -48,7 +50,7 @@ def test_report_zero_division_matches_sklearn():
     # class 2 is never predicted and class 3 never occurs: sklearn's zero_division=0 convention
     y = np.array([0, 0, 1, 1, 2, 2, 2])
     pred = np.array([0, 1, 1, 1, 0, 1, 3])
-    report = ev.per_class_report(ev.confusion_matrix(y, pred))
+    report = ev.per_class_report(y, pred)
     p, r, f, _ = skm.precision_recall_fscore_support(y, pred, labels=range(10), zero_division=0)
     assert [report[n]["precision"] for n in CLASS_NAMES] == pytest.approx(p)
     assert [report[n]["recall"] for n in CLASS_NAMES] == pytest.approx(r)
@@ -167,13 +169,15 @@ def test_evaluate_model_writes_consistent_outputs(nb_case, small_split, tmp_path
 def test_evaluate_refuses_train_json_of_another_model(nb_case, small_split, tmp_path):
     _write_nb_model(tmp_path / "gaussian-nb", nb_case[3], name="gaussian-nb")
     with pytest.raises(PipelineError, match="not `knn`"):
-        ev.evaluate_model("knn", tmp_path / "gaussian-nb", small_split["test"][0], nb_case[0], latency_calls=1)
+        ev.evaluate_model("knn", tmp_path / "gaussian-nb", small_split["test"][0], nb_case[0], batch_size=128,
+                          latency_calls=1, warmup_calls=0)
 
 
 def _cli_workspace(tmp_path, small_split, model):
     io.save_arrays(tmp_path / "test.npz", x=small_split["test"][0], y=small_split["test"][1])
-    (tmp_path / "params.yaml").write_text("evaluate:\n  batch_size: 128\n  latency_calls: 3\n  warmup_calls: 1\n"
-                                          "train:\n  models: [gaussian-nb]\n  seeds: [42]\n")
+    train = {**shipped_params()["train"], "models": ["gaussian-nb"], "seeds": [42]}
+    params = {"evaluate": {"batch_size": 128, "latency_calls": 3, "warmup_calls": 1}, "train": train}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _write_nb_model(tmp_path / "models" / "gaussian-nb" / "seed-42", model)
 
 

@@ -92,10 +92,10 @@ def workspace(small_split, tmp_path_factory):
     return {"root": root, "paths": paths, "names": names, "summary": summary}
 
 
-def run_publish(paths, names, **kw):
+def run_publish(paths, names, seeds=(42,)):
     return publish.publish(names, metrics_dir=paths["metrics"], models_dir=paths["models"], out_dir=paths["out"],
-                           test_path=paths["test"], class_counts_path=paths["counts"], mcnemar_top=4, dpi=60,
-                           sample_images=8, summary_path=paths["summary"], **kw)
+                           test_path=paths["test"], class_counts_path=paths["counts"], seeds=seeds, mcnemar_top=4,
+                           alpha=0.05, dpi=60, sample_images=8, summary_path=paths["summary"])
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -153,10 +153,10 @@ def test_paper_tables_and_note(workspace):
     names, summary = workspace["names"], workspace["summary"]
     md = (workspace["paths"]["out"] / "comparison.md").read_text()
     sources = {registry.get(n).source for n in names}
-    if "Paper A" in sources:
+    if registry.PAPER_A in sources:
         assert "paper_a" in summary["tables"]
         assert "TF1 train loss" in md and "TF2 test %" in md
-    if "Paper B" in sources:
+    if registry.PAPER_B in sources:
         assert {"paper_b_classes", "paper_b_dropout"} <= set(summary["tables"])
         assert "published train − val (pp)" in md
     assert "mcnemar" in summary["tables"] and len(summary["mcnemar"]) == 6  # 4 models -> 6 pairs
@@ -173,7 +173,7 @@ def test_all_figures_written_and_embedded(workspace):
     expected = {"accuracy_comparison.png", "class_distribution.png", f"samples_{best}.png", f"confusion_{best}.png"}
     keras = [n for n in names if registry.get(n).family == "keras"]
     expected |= {f"curves_{n}.png" for n in keras} | ({"epoch_time.png"} if keras else set())
-    expected |= {f"confusion_{n}.png" for n in names if registry.get(n).source in ("Paper A", "Paper B")}
+    expected |= {f"confusion_{n}.png" for n in names if registry.get(n).source in (registry.PAPER_A, registry.PAPER_B)}
     assert figures == expected
     for name in figures:
         data = (out / "figures" / name).read_bytes()
@@ -256,7 +256,7 @@ def test_cli_publish_and_missing_model_error(workspace, tmp_path):
 
 
 def test_note_spans_collapse_a_single_value():
-    from pipeline.publish import _span
+    from pipeline.publish.narrative import _span
 
     assert _span([90.35]) == "90.35"
     assert _span([90.35, 91.72, 90.81]) == "90.35–91.72"
@@ -277,7 +277,7 @@ def test_hyperparameters_table_shows_what_training_recorded(workspace):
     svc_row = next(line for line in md.splitlines() if line.startswith("| svc "))
     assert "C=10" in svc_row and "kernel=rbf" in svc_row
     # A value changed in params.yaml (recorded in train.json) is what the table shows, not a registry default.
-    results = publish.load_results(["svc"], workspace["paths"]["metrics"], workspace["paths"]["models"])
+    results = publish.load_results(["svc"], workspace["paths"]["metrics"], workspace["paths"]["models"], [42])
     results[0].train_meta["hyperparams"] = {**results[0].train_meta["hyperparams"], "C": 2.5}
     table = publish.table_hyperparameters(results)
     assert "C=2.5" in table.rows[0][1] and "C=10" not in table.rows[0][1]
@@ -355,6 +355,16 @@ def test_seed_spread_enters_the_claim_verdict(seeded):
     assert single.verdict_interval == (100 * test["accuracy_ci95_low"], 100 * test["accuracy_ci95_high"])
     assert single.claim_holds(100 * test["accuracy_ci95_high"] + 0.01) is False
     assert r.claim_holds(None) is None
+
+
+def test_wilson_at_the_mean_over_seeds_is_scipys_interval():
+    # publish keeps the closed form for the mean-over-seeds interval (bit-stable reports); it must stay the same
+    # interval as the evaluate stage's scipy one.
+    from pipeline.publish.results import _wilson
+
+    for n in (7, 300, 10000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            assert _wilson(k, n, 0.95) == pytest.approx(ev.wilson_interval(k, n), abs=1e-15)
 
 
 def test_a_missing_seed_run_is_named(seeded):
