@@ -21,7 +21,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.data.validate import near_duplicates_of
+from pipeline.data.validate import failed_report_path, near_duplicates_of
 
 from flows.dag import outs_dir, stage_out
 
@@ -55,7 +55,7 @@ def _fmt(value: Any) -> str:
 def validation_markdown(workspace: Path) -> str | None:
     """Markdown summary of the newest validation report (a failed gate writes report.failed.json)."""
     report_path = workspace / REPORT
-    failed_path = report_path.with_name(f"{report_path.stem}.failed.json")
+    failed_path = failed_report_path(report_path)
     candidates = [p for p in (report_path, failed_path) if p.exists()]
     if not candidates:
         return None

@@ -4,6 +4,7 @@ with a message that says what, where and by how much."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -14,14 +15,20 @@ import pytest
 from pipeline.data import content
 from pipeline.data.fetch import to_kaggle_table
 from pipeline.data.validate import validate_tables
-from pipeline.params import ValidateParams
-from tests.conftest import REPO, run_cli
+from pipeline.params import ValidateParams, section
+from tests.conftest import REPO, run_cli, shipped_params
 
 TRAIN, TEST = 3000, 2000      # >= 150 rows per class, so every class's drift is judged
 
 
+def shipped_validate_params() -> ValidateParams:
+    """params.yaml's `validate` section as shipped: what the stage runs with on the full dataset."""
+    return section(ValidateParams, "validate", copy.deepcopy(shipped_params()))
+
+
 def params_for(train: int = TRAIN, test: int = TEST) -> ValidateParams:
-    return ValidateParams(expected_rows={"train": train, "test": test}, class_share_tolerance=0.05)
+    return dataclasses.replace(shipped_validate_params(), expected_rows={"train": train, "test": test},
+                               class_share_tolerance=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +107,7 @@ def test_committed_reference_profile_is_what_the_profile_command_builds(tmp_path
 # ------------------------------------------------------------------------------------------ the gate
 def test_official_data_pass_with_content_measured(fmnist):
     (x, y), (xt, yt) = fmnist["train"], fmnist["test"]
-    report = gate(x, y, xt, yt, ValidateParams())
+    report = gate(x, y, xt, yt, shipped_validate_params())
     assert report["success"] and report["failures"] == [] and report["warnings"] == []
     test = report["splits"]["test"]["summary"]["content"]
     train = report["splits"]["train"]["summary"]["content"]

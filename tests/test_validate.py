@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -16,16 +17,22 @@ from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.data.ingest import read_kaggle_csv
 from pipeline.data.validate import validate, validate_dir, validate_table, validate_tables
 from pipeline.errors import PipelineError, ValidationFailed
-from pipeline.params import ValidateParams
+from pipeline.params import ValidateParams, section
 from pipeline.schema import CSV_COLUMNS
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, shipped_params
 
 TRAIN_ROWS, TEST_ROWS = 2000, 1000
 
 
+def shipped_validate_params() -> ValidateParams:
+    """params.yaml's `validate` section as shipped: what the stage runs with on the full dataset."""
+    return section(ValidateParams, "validate", copy.deepcopy(shipped_params()))
+
+
 def params_for(train: int = TRAIN_ROWS, test: int = TEST_ROWS, tol: float = 0.05) -> ValidateParams:
-    return ValidateParams(expected_rows={"train": train, "test": test}, class_share_tolerance=tol, max_examples=5)
+    return dataclasses.replace(shipped_validate_params(), expected_rows={"train": train, "test": test},
+                               class_share_tolerance=tol, max_examples=5)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +90,7 @@ def test_single_null_among_full_dataset(fmnist):
     col = table.column("pixel500").to_numpy().astype(object)
     col[54321] = None
     table = table.set_column(500, "pixel500", pa.array(col, type=pa.uint8()))
-    result = validate_table(table, "train", ValidateParams())
+    result = validate_table(table, "train", shipped_validate_params())
     assert failed_checks(result) == {"row_nulls", "column_nulls"}
     assert "train: 1 null cell(s) in 1 row(s): row 54321, column pixel500" in result.failures
 
@@ -128,12 +135,12 @@ def test_5000_rows_of_one_class_removed_full_data(fmnist):
     keep[drop] = False
     table = to_kaggle_table(x[keep], y[keep])
     # Expected rows adjusted so the class share is the only thing wrong.
-    params = dataclasses.replace(ValidateParams(), expected_rows={"train": 55000, "test": 10000})
+    params = dataclasses.replace(shipped_validate_params(), expected_rows={"train": 55000, "test": 10000})
     result = validate_table(table, "train", params)
     assert failed_checks(result) == {"class_share"}
     assert result.failures == ["train: 1 class share(s) outside 0.08..0.12: class 'Bag' (8) share 0.018 (1000 rows)"]
     # With the default params the row count fails as well.
-    result = validate_table(table, "train", ValidateParams())
+    result = validate_table(table, "train", shipped_validate_params())
     assert failed_checks(result) == {"class_share", "row_count"}
     assert "train: 55000 rows, expected 60000" in result.failures
 
@@ -161,7 +168,7 @@ def test_wider_types_out_of_range_and_non_integer(tables):
 
 def test_bad_params_are_config_errors(tables):
     with pytest.raises(PipelineError, match="expected_rows has no entry for test"):
-        validate_tables(tables, ValidateParams(expected_rows={"train": TRAIN_ROWS}))
+        validate_tables(tables, dataclasses.replace(params_for(), expected_rows={"train": TRAIN_ROWS}))
 
 
 # ------------------------------------------------------------------------------------------ I/O + CLI
