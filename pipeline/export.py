@@ -169,6 +169,8 @@ def _versions() -> dict[str, str]:
 def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="a Keras model (params.yaml export.models)")
     parser.add_argument("--seed", type=int, default=None, help="which run (default: the first of train.seeds)")
+    # Path defaults kept on purpose: this command is run by hand (README), also where no dvc.yaml is; they are
+    # the paths dvc.yaml gives the stages that write these inputs (tests/test_params.py keeps them equal).
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
                         help="official test set: the export is checked on its first export.check_images images")

@@ -241,6 +241,8 @@ def add_cli(parser) -> None:
                         help="image files, directories of images, Kaggle-layout CSVs or NPZ files")
     parser.add_argument("--model", required=True, help="registered model name, trained in models/<model>/seed-<seed>/")
     parser.add_argument("--seed", type=int, default=None, help="which run (default: the first of train.seeds)")
+    # Path defaults kept on purpose: this command is run by hand (README), also where no dvc.yaml is; they are
+    # the paths dvc.yaml gives the stages that write these inputs (tests/test_params.py keeps them equal).
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
     parser.add_argument("--format", choices=("csv", "json"), default=None,

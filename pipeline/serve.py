@@ -283,6 +283,8 @@ def add_cli(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=None, help="which runs (default: the first of train.seeds)")
+    # Path defaults kept on purpose: this command is run by hand (README), also where no dvc.yaml is; they are
+    # the paths dvc.yaml gives the stages that write these inputs (tests/test_params.py keeps them equal).
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--reports", type=Path, default=Path("reports"))

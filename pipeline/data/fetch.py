@@ -2,7 +2,7 @@
 
 Sources (params.yaml `fetch.source`):
 - a local directory with the official IDX files (`train-images-idx3-ubyte[.gz]`, ...), e.g. Debian's
-  `dataset-fashion-mnist` package at /usr/share/datasets/fashion-mnist (the default);
+  `dataset-fashion-mnist` package at /usr/share/datasets/fashion-mnist (what the shipped params.yaml names);
 - a local directory that already holds `fashion-mnist_train.csv` and `fashion-mnist_test.csv`;
 - an http(s) URL of a mirror of the official IDX files (downloaded with a progress bar).
 IDX content is verified by SHA-256 of the *decompressed* bytes (Debian re-gzipped the files, so

@@ -18,6 +18,8 @@ import numpy as np
 
 from pipeline import io
 
+# Not params.yaml fetch.source: that is the data the gate judges (possibly a user's own files), while the
+# reference must come from the official files; this is where Debian's dataset-fashion-mnist installs them.
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 
