@@ -1,5 +1,6 @@
 """The Dockerfile, read (no Docker daemon here), and what the image relies on, run for real.
 
+- One stage for CPU and GPU (`--build-arg GPU=1`), installing what `make setup GPU=0|1` installs.
 - Dependency layers come before the source COPY, and copy no code: editing a .py must not reinstall TensorFlow.
 - .git (and the venv, data, results, local DVC settings) stay out of the build context.
 - Results live in volumes; the README's `docker run` mounts each of them.
@@ -43,25 +44,35 @@ def stages() -> dict[str, list[str]]:
 
 def test_dependencies_install_before_the_source_is_copied():
     st = stages()
-    assert {"base", "cpu", "gpu"} <= set(st)
+    assert len(st) == 1, f"one stage for CPU and GPU (--build-arg GPU=1), not {sorted(st)}"
+    lines = next(iter(st.values()))
+    setup = lines.index("RUN make setup")
     copied_before = []
-    for line in st["base"]:
+    for line in lines[:setup]:
         if line.startswith("COPY"):
             copied_before += [p for p in line.split()[1:-1] if not p.startswith("--")]
     # nothing the code changes: lock files, pyproject, the Makefile, the system set-up script
     assert sorted(copied_before) == sorted(["scripts/install-system-deps.sh", "Makefile", "pyproject.toml",
                                             "requirements.lock", "requirements-gpu.lock",
                                             "scripts/install-system-deps.sh"])
-    for target, gpu in (("cpu", "0"), ("gpu", "1")):
-        lines = st[target]
-        setup = lines.index("RUN make setup")
-        source = next(i for i, line in enumerate(lines) if re.fullmatch(r"COPY (--chown=\S+ )?\. \.", line))
-        assert setup < source, f"{target}: `make setup` must come before the source COPY"
-        assert f"ENV GPU={gpu}" in lines[:setup]
-        assert lines[-1] == 'CMD ["make", "run"]'
-        volume = next(line for line in lines if line.startswith("VOLUME"))
-        assert sorted(re.findall(r'"([^"]+)"', volume)) == sorted(f"{WORKDIR}/{v}" for v in VOLUMES)
-        assert any("dvc config --local core.no_scm true" in line for line in lines[source:])
+    # CPU by default; GPU=1 makes `make setup` install requirements-gpu.lock; set after the shared layers
+    arg, env = lines.index("ARG GPU=0"), lines.index("ENV GPU=${GPU}")
+    assert max(i for i, line in enumerate(lines) if line.startswith("COPY") and i < setup) < arg < env < setup
+    source = next(i for i, line in enumerate(lines) if re.fullmatch(r"COPY (--chown=\S+ )?\. \.", line))
+    assert setup < source, "`make setup` must come before the source COPY"
+    assert lines[-1] == 'CMD ["make", "run"]'
+    volume = next(line for line in lines if line.startswith("VOLUME"))
+    assert sorted(re.findall(r'"([^"]+)"', volume)) == sorted(f"{WORKDIR}/{v}" for v in VOLUMES)
+    assert any("dvc config --local core.no_scm true" in line for line in lines[source:])
+    makefile = (REPO / "Makefile").read_text()
+    assert "ifeq ($(GPU),1)" in makefile and "requirements-gpu.lock" in makefile
+
+
+def test_docker_build_commands_in_the_docs_name_this_dockerfile():
+    """No `--target` left over from the two-stage Dockerfile; the GPU image is `--build-arg GPU=1`."""
+    for doc in ("Dockerfile", "README.md", "docs/orchestration.md"):
+        for command in re.findall(r"docker build[^\n`]*", (REPO / doc).read_text()):
+            assert "--target" not in command, f"{doc}: {command}"
 
 
 def test_build_context_leaves_out_git_venv_and_results():
