@@ -107,7 +107,7 @@ def _compile(model: keras.Model, optimizer, label_smoothing: float = 0.0) -> ker
 
 def _adadelta(hp: dict[str, Any]):
     # Paper A / Keras mnist_cnn: Adadelta(learning_rate=1.0). NOT Keras' default 0.001.
-    return keras.optimizers.Adadelta(learning_rate=float(hp["learning_rate"]), rho=float(hp.get("rho", 0.95)))
+    return keras.optimizers.Adadelta(learning_rate=float(hp["learning_rate"]), rho=float(hp["rho"]))
 
 
 # ---------------------------------------------------------------------------------------- paper A
@@ -152,11 +152,11 @@ def paper_a_simple(hp: dict[str, Any], steps_per_epoch: int | None = None, *, na
 # ---------------------------------------------------------------------------------------- paper B
 def paper_b(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -> keras.Model:
     """conv32-pool-conv64-pool-conv128-pool, flatten, dense128, softmax; optional dropout (0 = none)."""
-    conv_drop = float(hp.get("dropout_conv", 0.0))
-    dense_drop = float(hp.get("dropout_dense", 0.0))
+    conv_drop = float(hp["dropout_conv"])
+    dense_drop = float(hp["dropout_dense"])
     stack: list = [keras.Input(INPUT_SHAPE)]
     for filters in hp["filters"]:
-        stack += [layers.Conv2D(filters, 3, padding=hp.get("padding", "valid"), activation="relu"),
+        stack += [layers.Conv2D(filters, 3, padding=hp["padding"], activation="relu"),
                   layers.MaxPooling2D(2)]
         if conv_drop:
             stack.append(layers.Dropout(conv_drop))
