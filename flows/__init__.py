@@ -7,8 +7,8 @@ Entry point: `python -m flows run|watch|serve` (see docs/orchestration.md).
 
 import os
 
-# Must happen before anything imports prefect: this machine is offline (no telemetry), and the
-# ephemeral API server needs ~10 s to start on 2 cores (Prefect's default limit, 20 s, is too tight).
+# Must happen before anything imports prefect: this machine may be offline (no telemetry), and the ephemeral API
+# server can take longer to start on a small machine than Prefect's default limit allows.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
