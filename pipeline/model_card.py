@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.publish.results import published_accuracy
 from pipeline.publish.tables import hyperparameter_text
 from pipeline.schema import CLASS_NAMES, N_CLASSES
 
@@ -141,8 +142,6 @@ def write_model_cards(results, out_dir, *, class_counts: dict[str, Any] | None) 
     """Write <out_dir>/model-cards/<model>.md for every result; returns the file names. The claim verdict is the
     report's own (ModelResult.claim_verdict), so a card never disagrees with the comparison table."""
     from pathlib import Path
-
-    from pipeline.publish.results import published_accuracy
 
     card_dir = Path(out_dir) / CARD_DIR
     card_dir.mkdir(parents=True, exist_ok=True)
