@@ -60,7 +60,7 @@ def trained_workspace(tmp_path_factory, fmnist, small_split) -> Path:
                                            warmup_calls=1)
         ev.write_outputs(root / "metrics", name, SEED, metrics, yt[:N_EVAL], probs)
     publish.publish(list(MODELS), metrics_dir=root / "metrics", models_dir=root / "models", out_dir=root / "reports",
-                    test_path=None, class_counts_path=split / "class_counts.json", seeds=[SEED], mcnemar_top=2,
+                    test_path=None, class_counts_path=split / "class_counts.json", seeds=[SEED], mcnemar_top=2, alpha=0.05,
                     sample_images=4, dpi=40)
     _CACHE["root"] = root
     return root

@@ -35,6 +35,18 @@ def shipped_params() -> dict:
     return load_params(REPO / "params.yaml")
 
 
+def shipped_section(name: str, **overrides) -> dict:
+    """The shipped params.yaml section `name` (a fresh copy) with `overrides`: every key stays required."""
+    return {**copy.deepcopy(shipped_params()[name]), **overrides}
+
+
+def shipped_validate_params():
+    """params.yaml's `validate` section as shipped: what the stage runs with on the full dataset."""
+    from pipeline.params import ValidateParams, section
+
+    return section(ValidateParams, "validate", copy.deepcopy(shipped_params()))
+
+
 def shipped_hyperparams(name: str) -> dict:
     """The shipped params.yaml `models.<name>` (a fresh copy): the only home of each model's hyperparameters."""
     return copy.deepcopy(shipped_params()["models"][name])
@@ -89,7 +101,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
     `dvc_env`). Params are shrunk to the slice so the real DAG runs in seconds.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".dvc").mkdir()

@@ -4,7 +4,6 @@ with a message that says what, where and by how much."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 
@@ -15,15 +14,10 @@ import pytest
 from pipeline.data import content
 from pipeline.data.fetch import to_kaggle_table
 from pipeline.data.validate import validate_tables
-from pipeline.params import ValidateParams, section
-from tests.conftest import REPO, run_cli, shipped_params
+from pipeline.params import ValidateParams
+from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
 
 TRAIN, TEST = 3000, 2000      # >= 150 rows per class, so every class's drift is judged
-
-
-def shipped_validate_params() -> ValidateParams:
-    """params.yaml's `validate` section as shipped: what the stage runs with on the full dataset."""
-    return section(ValidateParams, "validate", copy.deepcopy(shipped_params()))
 
 
 def params_for(train: int = TRAIN, test: int = TEST) -> ValidateParams:

@@ -132,14 +132,14 @@ def test_mixed_precision_resolution(setting, device, capability, on):
 
 
 def test_mixed_precision_param_accepts_true_false_auto_only():
-    assert build(TrainParams, {}, "train").mixed_precision == "auto"
-    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["mixed_precision"]
-    assert shipped == "auto"
+    shipped_train = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    assert shipped_train["mixed_precision"] == "auto"
+    assert build(TrainParams, shipped_train, "train").mixed_precision == "auto"
     for value in (True, False, "auto"):
-        assert build(TrainParams, {"mixed_precision": value}, "train").mixed_precision == value
+        assert build(TrainParams, {**shipped_train, "mixed_precision": value}, "train").mixed_precision == value
     for bad in ("yes", "Auto", 1, 0, None):
         with pytest.raises(PipelineError, match=r"train.mixed_precision` must be true, false or auto, got"):
-            build(TrainParams, {"mixed_precision": bad}, "train")
+            build(TrainParams, {**shipped_train, "mixed_precision": bad}, "train")
 
 
 @pytest.mark.parametrize("capability, policy", [((9, 0), "mixed_float16"), ((6, 1), "float32")])

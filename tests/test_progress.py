@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline import io, progress, train
-from tests.conftest import shipped_hyperparams
+from tests.conftest import shipped_hyperparams, shipped_section
 
 
 def test_heartbeat_reports_elapsed_time_while_the_block_runs_and_stops_after():
@@ -49,7 +49,7 @@ def tiny_split(small_split, tmp_path):
 def test_a_scikit_learn_training_reports_progress(tiny_split, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(progress, "DEFAULT_EVERY_S", 0.001)
     monkeypatch.setattr(train, "SCORING_BATCH", 50)
-    params = {"train": {"models": ["svc"], "seeds": [0]}, "models": {"svc": shipped_hyperparams("svc")}}
+    params = {"train": shipped_section("train", models=["svc"], seeds=[0]), "models": {"svc": shipped_hyperparams("svc")}}
     train.run("svc", tiny_split, tmp_path / "out", params)
     err = capsys.readouterr().err
     assert "train [svc]: scoring the validation split: 50/200 images" in err

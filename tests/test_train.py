@@ -17,7 +17,7 @@ import pytest
 from pipeline import io, train
 from pipeline.errors import PipelineError
 from pipeline.models import registry
-from tests.conftest import run_cli, shipped_hyperparams
+from tests.conftest import run_cli, shipped_hyperparams, shipped_section
 
 KERAS_MODELS = [n for n in registry.names() if registry.get(n).family == "keras"]
 SKLEARN_MODELS = [n for n in registry.names() if registry.get(n).family == "sklearn"]
@@ -53,7 +53,7 @@ def split_dir(small_split, tmp_path_factory) -> Path:
 
 
 def params_for(name: str, **overrides) -> dict:
-    return {"train": {"models": [name], "seeds": [0]},
+    return {"train": shipped_section("train", models=[name], seeds=[0]),
             "models": {name: {**shipped_hyperparams(name), **TINY[name], **overrides}}}
 
 
@@ -281,7 +281,7 @@ def test_cli(split_dir, tmp_path):
 
 
 def test_model_without_params_entry_is_a_clear_error(split_dir, tmp_path):
-    params = {"train": {"models": ["gaussian-nb"], "seeds": [0]}, "models": {}}
+    params = {"train": shipped_section("train", models=["gaussian-nb"], seeds=[0]), "models": {}}
     with pytest.raises(PipelineError, match=r"models\.gaussian-nb") as err:
         train.run("gaussian-nb", split_dir, tmp_path / "models" / "gaussian-nb", params)
     assert "priors" in err.value.hint
@@ -307,7 +307,7 @@ def test_hyperparameter_of_the_wrong_type_is_a_params_error(split_dir, tmp_path,
 def test_train_section_types_and_seeds_are_checked(split_dir, tmp_path):
     for seeds, message in (("42", "`train.seeds` must be a list of an integer"), ([], "non-empty"),
                            ([1, 1], "distinct"), ([1.5], "must be a list of an integer")):
-        params = {**params_for("gaussian-nb"), "train": {"models": ["gaussian-nb"], "seeds": seeds}}
+        params = {**params_for("gaussian-nb"), "train": shipped_section("train", models=["gaussian-nb"], seeds=seeds)}
         with pytest.raises(PipelineError, match=re.escape(message)):
             train.run("gaussian-nb", split_dir, tmp_path / "out", params)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -17,17 +16,12 @@ from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.data.ingest import read_kaggle_csv
 from pipeline.data.validate import validate, validate_dir, validate_table, validate_tables
 from pipeline.errors import PipelineError, ValidationFailed
-from pipeline.params import ValidateParams, section
+from pipeline.params import ValidateParams
 from pipeline.schema import CSV_COLUMNS
 
-from tests.conftest import REPO, run_cli, shipped_params
+from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
 
 TRAIN_ROWS, TEST_ROWS = 2000, 1000
-
-
-def shipped_validate_params() -> ValidateParams:
-    """params.yaml's `validate` section as shipped: what the stage runs with on the full dataset."""
-    return section(ValidateParams, "validate", copy.deepcopy(shipped_params()))
 
 
 def params_for(train: int = TRAIN_ROWS, test: int = TEST_ROWS, tol: float = 0.05) -> ValidateParams:

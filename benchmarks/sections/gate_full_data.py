@@ -33,7 +33,7 @@ def run(workspace: Path, repeats: int, scratch: Path) -> Section:
         if proc.returncode != 0:
             s.skipped = f"the gate rejected the data (exit {proc.returncode}): {proc.stderr[-500:]}"
             return s
-    from pipeline.data import validate
+    from pipeline.data.validate import summaries
     from pipeline.data.validate import read_interim, validate_tables
     from pipeline.params import ValidateParams, section
 
@@ -46,7 +46,7 @@ def run(workspace: Path, repeats: int, scratch: Path) -> Section:
         t0 = time.perf_counter()
         validate_tables(tables, params)
         with_content.append(time.perf_counter() - t0)
-        with mock.patch.object(validate, "content_input", lambda summ: None):   # content frames left empty
+        with mock.patch.object(summaries, "content_input", lambda summ: None):   # content frames left empty
             t0 = time.perf_counter()
             validate_tables(tables, params)
             format_only.append(time.perf_counter() - t0)

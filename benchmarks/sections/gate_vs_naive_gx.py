@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.data import train_table
-from benchmarks.harness import Row, Section, log, median
+from benchmarks.harness import REPO, Row, Section, log, median
 
 
 def naive_gx_expectations(columns: list[str]) -> list:
@@ -84,10 +84,11 @@ def run(workspace: Path, repeats: int, fault_rows: int = 2000, fault_matrix: boo
     import great_expectations  # noqa: F401  (imported before timing, for both sides)
 
     from pipeline.data.validate import validate_table
-    from pipeline.params import ValidateParams
+    from pipeline.params import ValidateParams, section
 
     table, source = train_table(workspace)
-    params = ValidateParams()
+    # The shipped params.yaml: its expected row counts are the full data's, which this section validates.
+    params = section(ValidateParams, "validate", path=REPO / "params.yaml")
     ours_s, naive_s, naive_build_s = [], [], []
     ours_ok = naive_ok = None
     for i in range(repeats):
@@ -111,7 +112,7 @@ def run(workspace: Path, repeats: int, fault_rows: int = 2000, fault_matrix: boo
              "naive_context_and_suite_build_s": naive_build_s, "ours_passed": ours_ok, "naive_passed": naive_ok}
     s.notes += [
         f"Data: {source}, {table.num_rows} rows x {table.num_columns} columns; GX imported before timing.",
-        "ours: `validate_table(train, 'train', ValidateParams())` — numpy/pyarrow summaries + 13 GX expectations "
+        "ours: `validate_table(train, 'train', params)` — numpy/pyarrow summaries + 13 GX expectations "
         "(row count, nulls, labels 0..9, pixels 0..255, integers, column order, every class present, class shares). "
         "Includes building its GX context and suites.",
         "naive: one GX 1.x suite with, for each of the 785 columns, expect_column_values_to_not_be_null and "

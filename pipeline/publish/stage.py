@@ -24,7 +24,7 @@ from pipeline.publish.tables import (accuracy_summary, comparison_records, mcnem
 def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_dir: Path, test_path: Path | None,
             class_counts_path: Path | None, seeds: Sequence[int], summary_path: Path | None = None,
             validation_report_path: Path | None = None,
-            mcnemar_top: int, alpha: float = 0.05, sample_images: int, dpi: int) -> dict[str, Any]:
+            mcnemar_top: int, alpha: float, sample_images: int, dpi: int) -> dict[str, Any]:
     """Read all inputs, then render tables + figures into a temp dir swapped in for out_dir on success, and
     write the accuracy summary (summary_path) last, so it never describes a report that was not written.
 

@@ -75,17 +75,15 @@ def _validate_one(runner: GxRunner, data: Any, split: str, params: ValidateParam
                        images=summ.images)
 
 
-def validate_table(data: Any, split: str, params: ValidateParams | None = None) -> SplitResult:
+def validate_table(data: Any, split: str, params: ValidateParams) -> SplitResult:
     """Validate one split's table (pyarrow Table or pandas DataFrame). Pure: writes nothing."""
-    params = params or ValidateParams()
     check_params(params, (split,))
     return _validate_one(GxRunner(), data, split, params, profile=load_reference(params))
 
 
-def validate_tables(tables: Mapping[str, Any], params: ValidateParams | None = None,
+def validate_tables(tables: Mapping[str, Any], params: ValidateParams,
                     docs_dir: Path | None = None) -> dict[str, Any]:
     """Validate every split; return the report dict. With docs_dir, GX Data Docs are built there."""
-    params = params or ValidateParams()
     check_params(params, tuple(tables))
     profile = load_reference(params)
     runner = GxRunner(docs_dir)

@@ -40,9 +40,8 @@ def read_interim(interim_dir: Path, splits: tuple[str, ...] = SPLITS) -> dict[st
     return tables
 
 
-def validate_dir(interim_dir: Path, params: ValidateParams | None = None, docs_dir: Path | None = None) -> dict:
+def validate_dir(interim_dir: Path, params: ValidateParams, docs_dir: Path | None = None) -> dict:
     """Validate data/interim/{train,test}.parquet; return the report dict (report['success'] is the verdict)."""
-    params = params or ValidateParams()
     check_params(params)
     return validate_tables(read_interim(Path(interim_dir)), params, docs_dir)
 
