@@ -314,10 +314,9 @@ def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see params.yaml train.models)")
     parser.add_argument("--seed", type=int, default=None,
                         help="which run: models/<model>/seed-<seed> (default: the first of train.seeds)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
-                        help="the official 10k test set (x, y)")
-    parser.add_argument("--out", type=Path, default=Path("metrics"), help="output directory")
+    parser.add_argument("--models-dir", type=Path, required=True, help="train stage outputs: <dir>/<model>/seed-<seed>")
+    parser.add_argument("--test", type=Path, required=True, help="the official 10k test set (x, y)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
 
 
 def cli(args) -> None:

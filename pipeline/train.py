@@ -406,7 +406,7 @@ def add_cli(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see pipeline.models.names())")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed of this run (default: the first of params.yaml train.seeds)")
-    parser.add_argument("--data", type=Path, default=Path("data/split"))
+    parser.add_argument("--data", type=Path, required=True, help="directory with the split stage's {train,val}.npz")
     parser.add_argument("--out", type=Path, default=None, help="default: models/<model>/seed-<seed>")
     parser.add_argument("--plot", type=Path, default=None,
                         help="also write the per-epoch history here (a DVC plot file outside the model dir)")

@@ -242,10 +242,10 @@ def test_cli_publish_and_missing_model_error(workspace, tmp_path):
         workspace["names"][:4]
     _cli_params(root, names)
     args = ("publish", "--metrics", "metrics", "--models-dir", "models", "--test", "test.npz",
-            "--class-counts", "class_counts.json", "--out", "reports")
+            "--class-counts", "class_counts.json", "--out", "reports", "--summary", "accuracy.json")
     proc = run_cli(*args, cwd=root, check=True)
     assert "publish:" in proc.stderr
-    assert sorted(json.loads((root / "accuracy.json").read_text())) == sorted(names)   # the default --summary
+    assert sorted(json.loads((root / "accuracy.json").read_text())) == sorted(names)
     with open(root / "reports" / "comparison.csv", newline="") as fh:
         assert sorted(r["model"] for r in csv.DictReader(fh)) == sorted(names)
     before = snapshot(root / "reports")

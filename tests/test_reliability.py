@@ -34,6 +34,9 @@ from pipeline.params import load_params
 from flows.dvc_env import dvc_env
 from tests.conftest import REPO, make_workspace, run_cli, run_dvc, write_csv_slice
 
+# dvc.yaml's ingest command (the stage CLIs take their paths from dvc.yaml; they have no defaults).
+INGEST = ("ingest", "--raw", "data/raw", "--out", "data/interim")
+
 
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -143,7 +146,7 @@ def _writing(interim: Path, old: dict[str, tuple]) -> bool:
 def test_sigkill_during_ingest_never_leaves_a_partial_output(tmp_path, fmnist, full_size_csvs):
     ws = tmp_path / "ws"
     write_csv_slice(fmnist, ws / "data/raw", 1000, 300)
-    assert run_cli("ingest", cwd=ws).returncode == 0
+    assert run_cli(*INGEST, cwd=ws).returncode == 0
     interim = ws / "data/interim"
     names = ("train.parquet", "test.parquet")
     old_bytes = {n: (interim / n).read_bytes() for n in names}
@@ -168,7 +171,7 @@ def test_sigkill_during_ingest_never_leaves_a_partial_output(tmp_path, fmnist, f
             (interim / n).write_bytes(old_bytes[n])
         stat = {n: ((interim / n).stat().st_ino, (interim / n).stat().st_size, (interim / n).stat().st_mtime_ns)
                 for n in names}
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ingest"], cwd=ws, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *INGEST], cwd=ws, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and not _writing(interim, stat) and time.monotonic() < deadline:
@@ -192,7 +195,7 @@ def test_sigkill_during_ingest_never_leaves_a_partial_output(tmp_path, fmnist, f
     assert killed_mid_write >= 1, "no attempt was killed while writing: the test proved nothing"
 
     # A later normal run completes and produces exactly the new outputs.
-    assert run_cli("ingest", cwd=ws).returncode == 0
+    assert run_cli(*INGEST, cwd=ws).returncode == 0
     assert {n: sha(interim / n) for n in names} == new
 
 
@@ -201,7 +204,7 @@ def test_second_pipeline_command_in_one_workspace_fails_fast(tmp_path, fmnist):
     write_csv_slice(fmnist, tmp_path / "data/raw", 200, 50)
     started = time.monotonic()
     with io.workspace_lock(tmp_path):
-        proc = run_cli("ingest", cwd=tmp_path, timeout=60)
+        proc = run_cli(*INGEST, cwd=tmp_path, timeout=60)
     elapsed = time.monotonic() - started
     assert proc.returncode == 2
     assert "error [ingest]: the pipeline is already running in this workspace" in proc.stderr
@@ -209,7 +212,7 @@ def test_second_pipeline_command_in_one_workspace_fails_fast(tmp_path, fmnist):
     assert not (tmp_path / "data/interim").exists()  # it did not touch the outputs
     assert elapsed < 30
     # The lock is released with its holder: the next run goes through.
-    proc = run_cli("ingest", cwd=tmp_path)
+    proc = run_cli(*INGEST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert listing(tmp_path / "data/interim") == ["test.parquet", "train.parquet"]
 

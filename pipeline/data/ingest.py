@@ -289,8 +289,8 @@ def ingest(csv_paths: dict[str, Path], out_dir: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------ CLI shell
 def add_cli(parser) -> None:
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="directory with the Kaggle CSVs")
-    parser.add_argument("--out", type=Path, default=Path("data/interim"), help="output directory for Parquet")
+    parser.add_argument("--raw", type=Path, required=True, help="directory with the Kaggle CSVs")
+    parser.add_argument("--out", type=Path, required=True, help="output directory for Parquet")
 
 
 def cli(args) -> None:

@@ -79,16 +79,16 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
 
 
 def add_cli(parser) -> None:
-    parser.add_argument("--metrics", type=Path, default=Path("metrics"), help="evaluate stage outputs")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="train stage outputs")
-    parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
+    parser.add_argument("--metrics", type=Path, required=True, help="evaluate stage outputs")
+    parser.add_argument("--models-dir", type=Path, required=True, help="train stage outputs")
+    parser.add_argument("--test", type=Path, required=True,
                         help="test images for the correct/misclassified grid")
-    parser.add_argument("--class-counts", type=Path, default=Path("data/split/class_counts.json"))
-    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--class-counts", type=Path, required=True, help="the split stage's class_counts.json")
+    parser.add_argument("--out", type=Path, required=True, help="reports directory (tables, figures, model cards)")
     parser.add_argument("--validation-report", type=Path, default=None,
                         help="the data gate's report (data/validation/report.json): the measured near-duplicate "
                              "share for the note; without it the note says it was not measured")
-    parser.add_argument("--summary", type=Path, default=Path("accuracy.json"),
+    parser.add_argument("--summary", type=Path, required=True,
                         help="per-model test accuracy, CI and seed spread: the DVC metrics file")
 
 

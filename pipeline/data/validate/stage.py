@@ -118,11 +118,11 @@ def validate(interim_dir: Path, report_path: Path, docs_dir: Path, params: Valid
 
 
 def add_cli(parser) -> None:
-    parser.add_argument("--interim", type=Path, default=Path("data/interim"),
+    parser.add_argument("--interim", type=Path, required=True,
                         help="directory with {train,test}.parquet")
-    parser.add_argument("--report", type=Path, default=Path("data/validation/report.json"),
+    parser.add_argument("--report", type=Path, required=True,
                         help="JSON report, a DVC metric (failures go to <stem>.failed.json)")
-    parser.add_argument("--docs", type=Path, default=Path("data/validation/docs"), help="GX Data Docs HTML directory")
+    parser.add_argument("--docs", type=Path, required=True, help="GX Data Docs HTML directory")
 
 
 def cli(args) -> None:
