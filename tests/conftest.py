@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from flows.dvc_env import dvc_env, dvc_executable  # noqa: F401  (dvc_env: re-exported for tests)
 from pipeline.data.fetch import load_idx_dir, to_kaggle_table, write_kaggle_csv
 from pipeline.params import load_params
 from pipeline.schema import CSV_NAMES
@@ -125,12 +126,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
     return dest
 
 
-def dvc_env() -> dict[str, str]:
-    """Environment for running `dvc` so that stage commands find this interpreter's `python`."""
-    bindir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), DVC_NO_ANALYTICS="1")
-
-
 def run_dvc(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    dvc = str(Path(sys.executable).parent / "dvc")
-    return subprocess.run([dvc, *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
+    """`dvc <args>` in `cwd`, with flows/dvc_env.py's executable and environment (the one home of both)."""
+    return subprocess.run([dvc_executable(), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True,
+                          timeout=timeout)
