@@ -23,7 +23,6 @@ with its error. Benchmarks are never part of the test suite. Compare figures fro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -134,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     md, js = args.out / "benchmarks.md", args.out / "benchmarks.json"
     io.write_text(md, harness.render_markdown(results, meta))
-    io.write_text(js, json.dumps({"meta": meta, "sections": [s.to_dict() for s in results]}, indent=2,
-                                 default=str) + "\n")
+    # The stage outputs' one JSON encoder (numbers, NumPy scalars, paths); a datetime goes in as isoformat text.
+    io.write_json(js, {"meta": meta, "sections": [s.to_dict() for s in results]})
     print(f"wrote {md} and {js}", file=sys.stderr)
     return 0
 
