@@ -89,7 +89,7 @@ class ModelSpec:
             check_type(values[key], HYPERPARAMETER_TYPES[key], f"models.{self.name}.{key}")
         return values
 
-    def build(self, hp: Mapping[str, Any], *, seed: int = 42, steps_per_epoch: int | None = None,
+    def build(self, hp: Mapping[str, Any], *, seed: int, steps_per_epoch: int | None = None,
               exact_gradient_boosting: bool = False):
         if self.family == "keras":
             return self.builder(dict(hp), steps_per_epoch, name=self.name)
