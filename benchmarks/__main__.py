@@ -31,9 +31,9 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from flows.runtime import configure_environment  # noqa: E402
+
+configure_environment()   # before the sections import prefect, DVC or TensorFlow
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from benchmarks import harness  # noqa: E402

@@ -5,15 +5,11 @@ every stage runs through `dvc repro --single-item`, so DVC stays the cache and t
 Entry point: `python -m flows run|watch|serve` (see docs/orchestration.md).
 """
 
-import os
+from flows.runtime import configure_environment as _configure_environment
 
-# Must happen before anything imports prefect: this machine may be offline (no telemetry), and the ephemeral API
-# server can take longer to start on a small machine than Prefect's default limit allows.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Here, not in the entry points: prefect must see these before its first import, and it is imported at module level
+# by artifacts, pipeline_flow, parallel and watcher, lazily by deployments, and by tests right after `import flows`.
+_configure_environment()
 
 DATASET_CHANGED_EVENT = "fmnist.dataset.changed"
 STATE_DIR = ".prefect-state"

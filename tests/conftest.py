@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from flows.dvc_env import dvc_env, dvc_executable  # noqa: F401  (dvc_env: re-exported for tests)
+from flows.runtime import configure_environment
 from pipeline.data.fetch import load_idx_dir, to_kaggle_table, write_kaggle_csv
 from pipeline.params import load_params
 from pipeline.schema import CSV_NAMES
@@ -26,9 +27,8 @@ from pipeline.schema import CSV_NAMES
 REPO = Path(__file__).resolve().parents[1]
 DEBIAN_IDX_DIR = Path(os.environ.get("FMNIST_IDX_DIR", "/usr/share/datasets/fashion-mnist"))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+# Tests run Prefect, DVC and TensorFlow in this process: the same offline, quiet defaults as `python -m flows`.
+configure_environment()
 
 
 @functools.cache

@@ -1,0 +1,17 @@
+"""The process environment the pipeline's libraries read once, at their import: the one home of those defaults.
+
+configure_environment() only fills in variables the user has not set (os.environ.setdefault), so a user's own
+setting always wins. It must run before TensorFlow is imported; importing `pipeline` runs it (pipeline/__init__.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_environment() -> None:
+    # TensorFlow turns its oneDNN CPU kernels on by default only on recent Intel CPUs (AVX512-VNNI and newer). On the
+    # 2-core AMD EPYC (AVX2) machines this project is timed on they are off, and turning them on made a cnn-ours
+    # training step ~25% faster (measured side by side). TensorFlow reads it once, when it is imported;
+    # TF_ENABLE_ONEDNN_OPTS=0 turns the kernels off.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
