@@ -10,8 +10,7 @@ import os
 
 
 def configure_environment() -> None:
-    # TensorFlow turns its oneDNN CPU kernels on by default only on recent Intel CPUs (AVX512-VNNI and newer). On the
-    # 2-core AMD EPYC (AVX2) machines this project is timed on they are off, and turning them on made a cnn-ours
-    # training step ~25% faster (measured side by side). TensorFlow reads it once, when it is imported;
-    # TF_ENABLE_ONEDNN_OPTS=0 turns the kernels off.
+    # TensorFlow turns its oneDNN CPU kernels on by default only on recent Intel CPUs; on the AMD machines this
+    # project is timed on they are off, and on they make CNN training markedly faster (docs/results/HISTORY.md,
+    # "CPU speed"). TensorFlow reads it once, when it is imported; TF_ENABLE_ONEDNN_OPTS=0 turns the kernels off.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -167,7 +167,7 @@ def _datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int, use_tf
 
         # One endless iterator for the whole fit (repeat + steps_per_epoch), reshuffled every pass. Keras
         # otherwise builds a new iterator every epoch, and on 2 CPU cores that stalled about every other
-        # epoch by ~0.3 ms per training image before its first step (15 s of a 25 s cnn-ours epoch).
+        # epoch before its first step (docs/results/HISTORY.md, "CPU speed").
         train = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).cache()
                  .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
                  .batch(batch_size).map(prep, num_parallel_calls=tf.data.AUTOTUNE)

@@ -373,7 +373,7 @@ def keras_probabilities(model, xs: np.ndarray, *, batch_size: int = 1024,
 
     def once(batch: np.ndarray) -> np.ndarray:
         if len(batch) < batch_size:
-            # One direct call: model.predict() builds a data pipeline per call (~100 ms fixed cost),
+            # One direct call: model.predict() builds a data pipeline per call (a fixed cost per call),
             # which would swamp a batch-1 latency measurement. Same weights, inference mode.
             return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
         return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float32)
