@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.evaluate import output_paths
+from pipeline.evaluate import output_paths, wilson_interval
 
 
 @dataclass
@@ -31,23 +31,6 @@ class SeedRun:
     @property
     def accuracy(self) -> float:
         return 100.0 * self.metrics["test"]["accuracy"]
-
-
-def _wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
-    """The Wilson score interval in closed form. Deliberately not scipy's binomtest (which pipeline.evaluate uses
-    for each run): scipy arranges the same formula differently and lands one floating-point step away in about
-    half of all cases, and the report's CSV prints these numbers at full precision, so switching would change
-    published reports made from unchanged inputs."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
 
 
 @dataclass
@@ -102,7 +85,7 @@ class ModelResult:
         if len(self.runs) == 1:
             test = self.metrics["test"]
             return 100 * test["accuracy_ci95_low"], 100 * test["accuracy_ci95_high"]
-        low, high = _wilson(int(round(self.accuracy / 100 * n)), n, 0.95)
+        low, high = wilson_interval(int(round(self.accuracy / 100 * n)), n, 0.95)
         return 100 * low, 100 * high
 
     @property
