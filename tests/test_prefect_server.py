@@ -139,7 +139,7 @@ def test_served_deployments_react_to_a_changed_data_slice(fmnist, tmp_path):
     resource = resource_id(ws)
     try:
         with open(server_log, "wb") as out:
-            server = subprocess.Popen([bindir + "/prefect", "server", "start", "--host", "127.0.0.1",
+            server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
                                        "--port", str(port), "--no-ui"],
                                       env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)

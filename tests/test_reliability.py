@@ -11,6 +11,7 @@ tested by the training engineer's tests (see docs/guarantees.md).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -32,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
 from flows.dvc_env import dvc_env
-from tests.conftest import REPO, make_workspace, run_cli, run_dvc, write_csv_slice
+from tests.conftest import REPO, make_workspace, run_cli, run_dvc, shipped_validate_params, write_csv_slice
 
 # dvc.yaml's ingest command (the stage CLIs take their paths from dvc.yaml; they have no defaults).
 INGEST = ("ingest", "--raw", "data/raw", "--out", "data/interim")
@@ -366,9 +367,8 @@ def test_convert_refuses_data_the_gate_rejected(tmp_path, fmnist):
     from pipeline.data.fetch import to_kaggle_table
     from pipeline.data.validate import validate
     from pipeline.errors import ValidationFailed
-    from pipeline.params import ValidateParams
-
-    params = ValidateParams(expected_rows={"train": 500, "test": 200}, class_share_tolerance=0.1)
+    params = dataclasses.replace(shipped_validate_params(), expected_rows={"train": 500, "test": 200},
+                                 class_share_tolerance=0.1)
     (x, y), (xt, yt) = fmnist["train"], fmnist["test"]
     interim = tmp_path / "interim"
     interim.mkdir()

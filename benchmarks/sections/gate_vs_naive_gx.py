@@ -4,6 +4,7 @@ faults each one catches on a small real slice."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -123,7 +124,8 @@ def run(workspace: Path, repeats: int, fault_rows: int = 2000, fault_matrix: boo
     if fault_matrix:
         log(f"validation: fault matrix on a {fault_rows}-row slice (naive: ~10 s per fault)")
         small = table.slice(0, fault_rows)
-        p_small = ValidateParams(expected_rows={"train": fault_rows, "test": 10000}, class_share_tolerance=0.05)
+        p_small = dataclasses.replace(params, expected_rows={"train": fault_rows, "test": 10000},
+                                      class_share_tolerance=0.05)
         naive = NaiveGx(list(small.column_names))
         matrix = {}
         for name, (data, rows) in _faults(small, fault_rows).items():
