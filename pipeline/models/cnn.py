@@ -73,8 +73,9 @@ from typing import Any
 import keras
 from keras import layers
 
-INPUT_SHAPE = (28, 28, 1)
-N_CLASSES = 10
+from pipeline.schema import IMAGE_SIDE, N_CLASSES
+
+INPUT_SHAPE = (IMAGE_SIDE, IMAGE_SIDE, 1)   # channels-last grey images
 
 
 def _output():

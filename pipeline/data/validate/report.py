@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pipeline import io
+from pipeline.schema import IMAGE_SIDE
 
 
 def json_safe(value: Any) -> Any:
@@ -95,7 +96,7 @@ def write_examples_grid(test: SplitResult, train: SplitResult, path: Path, max_p
     for i, (t_row, tr_row, rms) in enumerate(pairs):
         x0 = i * width + pad
         for j, img in enumerate((test.images[t_row], train.images[tr_row])):
-            tile = Image.fromarray(img.reshape(28, 28)).resize((cell, cell), Image.NEAREST)
+            tile = Image.fromarray(img.reshape(IMAGE_SIDE, IMAGE_SIDE)).resize((cell, cell), Image.NEAREST)
             canvas.paste(tile, (x0 + j * (cell + pad), 16 + pad))
         draw.text((x0, 16 + pad + cell + 2), f"t{t_row}/tr{tr_row} {rms:.3f}", fill=0)
     with io.atomic_path(path) as tmp:
