@@ -3,7 +3,7 @@ validation accuracy (single view, flip-averaged, flip + 1-pixel shifts) and its 
 
     python -m benchmarks.cnn_ablation NAME '{"ls": 0.1}' [--n 9600] [--seed 42] [--out DIR]
 
-The variant is the JSON object of overrides of BASE below (BASE is cnn-ours as shipped). Validation split only:
+The variant is the JSON object of overrides of cnn-ours as shipped (shipped_base below). Validation split only:
 this never reads the test set, so it can be run as often as a design search needs. `--n` trains on the first N
 training images (a timing screen: a few epochs on a slice say how fast an epoch is, not how accurate it gets).
 Needs `dvc repro split` first. Not part of the tests: each full-data variant is a full training run.
@@ -23,12 +23,21 @@ from pipeline import io
 from pipeline.train import _datasets
 
 REPO = Path(__file__).resolve().parents[1]
-# cnn-ours as shipped (params.yaml models.cnn-ours), in this harness's terms: blocks are
-# [filters of each conv, BatchNorm?, dropout after the block's max-pool].
-BASE = dict(blocks=[[[32], False, 0.0], [[64], True, 0.1], [[128], True, 0.2]], dense=512, dropout_dense=0.3,
-            epochs=18, batch=128, lr=0.003, wd=1e-4, shift=0.0, interp="bilinear", ls=0.0, ema=0.0,
-            opt="adamw", sched="cosine", warmup=0.0, erase=0, jit=False, policy="", flip=True)
 
+
+def shipped_base() -> dict:
+    """cnn-ours as shipped (params.yaml models.cnn-ours, its one home), in this harness's terms: blocks are
+    [filters of each conv, BatchNorm?, dropout after the block's max-pool]; the rest are the harness's extras,
+    off (the shipped model has none of them)."""
+    from pipeline.params import load_params
+
+    hp = load_params(REPO / "params.yaml")["models"]["cnn-ours"]
+    blocks = [[[f], bn, drop] for f, bn, drop in zip(hp["filters"], hp["batch_norm_conv"], hp["dropout_conv"],
+                                                     strict=True)]
+    return dict(blocks=blocks, dense=hp["dense_units"], dropout_dense=hp["dropout_dense"], epochs=hp["epochs"],
+                batch=hp["batch_size"], lr=hp["learning_rate"], wd=hp["weight_decay"], shift=hp["shift"],
+                interp="bilinear", ls=hp["label_smoothing"], ema=0.0, opt="adamw", sched="cosine", warmup=0.0,
+                erase=0, jit=False, policy="", flip=hp["augment"])
 
 def random_erase_layer(size: int):
     """Cutout: zero one random size x size square in half of the training images (inactive at inference)."""
@@ -123,17 +132,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
-    ap.add_argument("overrides", nargs="?", default="{}", help="JSON object of overrides of BASE")
+    ap.add_argument("overrides", nargs="?", default="{}", help="JSON object of overrides of the shipped design")
     ap.add_argument("--n", type=int, default=0, help="train on the first N images only (timing screen)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--split", type=Path, default=REPO / "data" / "split")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cnn-ours-ablation")
     a = ap.parse_args()
-    overrides = json.loads(a.overrides)
-    unknown = sorted(set(overrides) - set(BASE))
+    overrides, base = json.loads(a.overrides), shipped_base()
+    unknown = sorted(set(overrides) - set(base))
     if unknown:
-        raise SystemExit(f"unknown override(s) {unknown}; valid: {sorted(BASE)}")
-    c = {**BASE, **overrides}
+        raise SystemExit(f"unknown override(s) {unknown}; valid: {sorted(base)}")
+    c = {**base, **overrides}
     train, val = io.load_arrays(a.split / "train.npz"), io.load_arrays(a.split / "val.npz")
     x, y = (train["x"][:a.n], train["y"][:a.n]) if a.n else (train["x"], train["y"])
     keras.utils.set_random_seed(a.seed)
