@@ -37,7 +37,7 @@ def shipped_base() -> dict:
     return dict(blocks=blocks, dense=hp["dense_units"], dropout_dense=hp["dropout_dense"], epochs=hp["epochs"],
                 batch=hp["batch_size"], lr=hp["learning_rate"], wd=hp["weight_decay"], shift=hp["shift"],
                 interp="bilinear", ls=hp["label_smoothing"], ema=0.0, opt="adamw", sched="cosine", warmup=0.0,
-                erase=0, jit=False, policy="", flip=hp["augment"])
+                erase=0, jit=False, policy="", flip=hp["augment"], s2d=False)
 
 def random_erase_layer(size: int):
     """Cutout: zero one random size x size square in half of the training images (inactive at inference)."""
@@ -81,6 +81,8 @@ def build(c: dict, steps_per_epoch: int):
                                               interpolation=c["interp"]))
     if c["erase"]:
         stack.append(random_erase_layer(int(c["erase"])))
+    if c["s2d"]:   # space-to-depth stem: each 2x2 pixel patch becomes 4 channels at 14x14 (no 28x28 convolution)
+        stack += [layers.Reshape((14, 2, 14, 2, 1)), layers.Permute((1, 3, 2, 4, 5)), layers.Reshape((14, 14, 4))]
     for filters, batch_norm, drop in c["blocks"]:
         for f in filters:
             stack += conv(f, batch_norm)

@@ -21,7 +21,8 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.data.validate import failed_report_path, near_duplicates_of
+from pipeline.data.validate.report import near_duplicates_of
+from pipeline.data.validate.stage import failed_report_path
 
 from flows.dag import outs_dir, stage_out
 

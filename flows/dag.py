@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
+from pipeline import dvc_yaml
 from pipeline.errors import PipelineError
 
 
@@ -30,27 +30,15 @@ class Stage:
 REPO = Path(__file__).resolve().parents[1]
 
 
-@lru_cache(maxsize=None)
-def _declared(dvc_yaml: Path) -> dict[str, dict[str, tuple[str, ...]]]:
-    """stage -> {"outs"|"metrics"|"plots": paths as written in dvc.yaml}."""
-    import yaml
-
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    return {name: {kind: tuple(next(iter(e)) if isinstance(e, dict) else str(e)
-                               for e in (definition or {}).get(kind) or [])
-                   for kind in ("outs", "metrics", "plots")}
-            for name, definition in stages.items()}
-
-
 def _stage(stage: str, workspace: str | os.PathLike | None) -> dict[str, tuple[str, ...]]:
     """The workspace's declaration of `stage`, else (no dvc.yaml there, or no such stage) this repository's."""
-    for dvc_yaml in dict.fromkeys(((Path(workspace) if workspace else REPO) / "dvc.yaml", REPO / "dvc.yaml")):
-        if dvc_yaml.exists():
-            declared = _declared(dvc_yaml.resolve())
+    for dvc_file in dict.fromkeys(((Path(workspace) if workspace else REPO) / "dvc.yaml", REPO / "dvc.yaml")):
+        if dvc_file.exists():
+            declared = dvc_yaml.outputs(dvc_file)
             if stage in declared:
                 return declared[stage]
     raise PipelineError(f"dvc.yaml: no stage '{stage}'", hint=f"stages in {REPO / 'dvc.yaml'}: "
-                                                              f"{', '.join(_declared(REPO / 'dvc.yaml'))}")
+                                                              f"{', '.join(dvc_yaml.outputs(REPO / 'dvc.yaml'))}")
 
 
 def stage_outs(stage: str, workspace: str | os.PathLike | None = None) -> tuple[str, ...]:

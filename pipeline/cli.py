@@ -22,7 +22,7 @@ from pipeline.io import workspace_lock
 STAGES = {
     "fetch": ("pipeline.data.fetch", "materialise the Kaggle-layout CSVs from IDX files, CSVs or a URL"),
     "ingest": ("pipeline.data.ingest", "CSV -> typed uint8 Parquet (pyarrow)"),
-    "validate": ("pipeline.data.validate", "Great Expectations data-quality gate on the Parquet files"),
+    "validate": ("pipeline.data.validate.stage", "Great Expectations data-quality gate on the Parquet files"),
     "convert": ("pipeline.data.convert", "validated Parquet -> model-ready arrays"),
     "images": ("pipeline.data.images", "optional PNG tree images/<split>/<class>/<index>.png"),
     "split": ("pipeline.data.split", "stratified, seeded train/validation split"),
@@ -43,15 +43,13 @@ def dvc_option(stage: str, option: str, dvc_file: str | Path = "dvc.yaml") -> Pa
 
     dvc.yaml is the one home of the pipeline's paths, so the CLI reads them from there instead of repeating them.
     """
-    import yaml
+    from pipeline import dvc_yaml
 
     dvc_file = Path(dvc_file)
     if not dvc_file.exists():
         raise PipelineError(f"{option} not given, and {dvc_file} (where the {stage} stage's paths live) not found",
                             hint=f"pass {option}, or run from the repository root")
-    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    cmd = (stages.get(stage) or {}).get("cmd", "")
-    words = shlex.split(" ".join(cmd) if isinstance(cmd, list) else str(cmd))
+    words = shlex.split(dvc_yaml.command(dvc_file, stage))
     at = words.index(option) + 1 if option in words else len(words)
     if at >= len(words) or "${" in words[at]:
         raise PipelineError(f"{dvc_file}: the {stage} stage's command passes no fixed {option}",

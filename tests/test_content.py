@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.data import content
 from pipeline.data.fetch import to_kaggle_table
-from pipeline.data.validate import validate_tables
+from pipeline.data.validate.gate import validate_tables
 from pipeline.params import ValidateParams
 from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
 

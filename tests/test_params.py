@@ -83,7 +83,7 @@ def test_a_deleted_section_is_an_error_naming_it(name):
 @pytest.mark.parametrize(("group", "key"), [(g, k) for g, v in shipped_params()["validate"].items()
                                             if isinstance(v, dict) for k in v], ids=lambda v: str(v))
 def test_a_deleted_nested_validate_key_is_an_error_naming_it(group, key):
-    from pipeline.data.validate import check_params
+    from pipeline.data.validate.expectations import check_params
 
     params = _without("validate", group)
     params["validate"][group] = {k: v for k, v in shipped_params()["validate"][group].items() if k != key}

@@ -365,7 +365,7 @@ def test_params_yaml_cannot_execute_code(tmp_path):
 def test_convert_refuses_data_the_gate_rejected(tmp_path, fmnist):
     from pipeline.data.convert import convert
     from pipeline.data.fetch import to_kaggle_table
-    from pipeline.data.validate import validate
+    from pipeline.data.validate.stage import validate
     from pipeline.errors import ValidationFailed
     params = dataclasses.replace(shipped_validate_params(), expected_rows={"train": 500, "test": 200},
                                  class_share_tolerance=0.1)

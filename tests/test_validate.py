@@ -14,7 +14,8 @@ import yaml
 
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.data.ingest import read_kaggle_csv
-from pipeline.data.validate import validate, validate_dir, validate_table, validate_tables
+from pipeline.data.validate.gate import validate_table, validate_tables
+from pipeline.data.validate.stage import validate, validate_dir
 from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.params import ValidateParams
 from pipeline.schema import CSV_COLUMNS

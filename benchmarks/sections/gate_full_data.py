@@ -34,7 +34,8 @@ def run(workspace: Path, repeats: int, scratch: Path) -> Section:
             s.skipped = f"the gate rejected the data (exit {proc.returncode}): {proc.stderr[-500:]}"
             return s
     from pipeline.data.validate import summaries
-    from pipeline.data.validate import read_interim, validate_tables
+    from pipeline.data.validate.gate import validate_tables
+    from pipeline.data.validate.stage import read_interim
     from pipeline.params import ValidateParams, section
 
     tables = read_interim(interim)

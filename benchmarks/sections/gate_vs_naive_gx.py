@@ -84,7 +84,7 @@ def run(workspace: Path, repeats: int, fault_rows: int = 2000, fault_matrix: boo
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations  # noqa: F401  (imported before timing, for both sides)
 
-    from pipeline.data.validate import validate_table
+    from pipeline.data.validate.gate import validate_table
     from pipeline.params import ValidateParams, section
 
     table, source = train_table(workspace)

@@ -56,7 +56,7 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         tables.append(left_out)
     near = None
     if validation_report_path is not None:
-        from pipeline.data.validate import near_duplicates_of
+        from pipeline.data.validate.report import near_duplicates_of
 
         near = near_duplicates_of(io.read_json(validation_report_path))
     note = reproducibility_note(results, mc, sizes.get("train"), near)
