@@ -20,6 +20,9 @@ import numpy as np
 
 import pipeline  # noqa: F401  (the TensorFlow environment, before Keras is imported)
 from pipeline import io
+from pipeline.models.cnn import INPUT_SHAPE
+from pipeline.models.registry import preprocess
+from pipeline.schema import IMAGE_SIDE, N_CLASSES
 from pipeline.train import _datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +42,7 @@ def shipped_base() -> dict:
                 interp="bilinear", ls=hp["label_smoothing"], ema=0.0, opt="adamw", sched="cosine", warmup=0.0,
                 erase=0, jit=False, policy="", flip=hp["augment"], s2d=False)
 
+
 def random_erase_layer(size: int):
     """Cutout: zero one random size x size square in half of the training images (inactive at inference)."""
     import keras
@@ -52,11 +56,11 @@ def random_erase_layer(size: int):
             if not training:
                 return x
             ops, n = keras.ops, keras.ops.shape(x)[0]
-            cy = keras.random.randint((n, 1, 1, 1), 0, 28, seed=self.gen)
-            cx = keras.random.randint((n, 1, 1, 1), 0, 28, seed=self.gen)
+            cy = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.gen)
+            cx = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.gen)
             on = ops.cast(keras.random.uniform((n, 1, 1, 1), seed=self.gen) < 0.5, "float32")
-            rows = ops.reshape(ops.arange(28), (1, 28, 1, 1))
-            cols = ops.reshape(ops.arange(28), (1, 1, 28, 1))
+            rows = ops.reshape(ops.arange(IMAGE_SIDE), (1, IMAGE_SIDE, 1, 1))
+            cols = ops.reshape(ops.arange(IMAGE_SIDE), (1, 1, IMAGE_SIDE, 1))
             mask = ops.cast((ops.abs(rows - cy) <= size // 2) & (ops.abs(cols - cx) <= size // 2), "float32")
             return x * (1.0 - mask * on)
 
@@ -73,7 +77,7 @@ def build(c: dict, steps_per_epoch: int):
         return [layers.Conv2D(filters, 3, padding="same", use_bias=False), layers.BatchNormalization(),
                 layers.Activation("relu")]
 
-    stack: list = [keras.Input((28, 28, 1))]
+    stack: list = [keras.Input(INPUT_SHAPE)]
     if c["flip"]:
         stack.append(layers.RandomFlip("horizontal"))
     if c["shift"] > 0:
@@ -82,14 +86,16 @@ def build(c: dict, steps_per_epoch: int):
     if c["erase"]:
         stack.append(random_erase_layer(int(c["erase"])))
     if c["s2d"]:   # space-to-depth stem: each 2x2 pixel patch becomes 4 channels at 14x14 (no 28x28 convolution)
-        stack += [layers.Reshape((14, 2, 14, 2, 1)), layers.Permute((1, 3, 2, 4, 5)), layers.Reshape((14, 14, 4))]
+        half = IMAGE_SIDE // 2
+        stack += [layers.Reshape((half, 2, half, 2, 1)), layers.Permute((1, 3, 2, 4, 5)),
+                  layers.Reshape((half, half, 4))]
     for filters, batch_norm, drop in c["blocks"]:
         for f in filters:
             stack += conv(f, batch_norm)
         stack += [layers.MaxPooling2D(2), layers.Dropout(drop)]
     stack += [layers.Flatten(), layers.Dense(c["dense"], use_bias=False), layers.BatchNormalization(),
               layers.Activation("relu"), layers.Dropout(c["dropout_dense"]),
-              layers.Dense(10, activation="softmax", dtype="float32")]
+              layers.Dense(N_CLASSES, activation="softmax", dtype="float32")]
     model = keras.Sequential(stack)
     total = steps_per_epoch * c["epochs"]
     warm = int(c["warmup"] * total)
@@ -164,7 +170,7 @@ def main() -> None:
     started = time.monotonic()
     history = model.fit(epochs=c["epochs"], callbacks=[EpochTimer()], verbose=2, **fit_kw)
     train_s = time.monotonic() - started
-    xv, yv = val["x"].astype("float32")[..., None] / 255.0, val["y"].astype(int)
+    xv, yv = preprocess("keras", val["x"]), val["y"].astype(int)
     probs = [np.asarray(model.predict(v, batch_size=1024, verbose=0)) for v in views(xv)]
 
     def acc(p: np.ndarray) -> float:

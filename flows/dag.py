@@ -46,7 +46,7 @@ def stage_outs(stage: str, workspace: str | os.PathLike | None = None) -> tuple[
     workspace root, `${...}` left as is. From the workspace's dvc.yaml, else this repository's. Plain YAML, no
     DVC, so that module constants and CLI defaults can use it."""
     kinds = _stage(stage, workspace)
-    return kinds["outs"] + kinds["metrics"] + kinds["plots"]
+    return tuple(path for kind in dvc_yaml.OUTPUT_KINDS for path in kinds[kind])
 
 
 def stage_out(stage: str, endswith: str, workspace: str | os.PathLike | None = None) -> Path:

@@ -19,7 +19,7 @@ import yaml
 from pipeline import io
 from pipeline.data.split import class_counts
 from pipeline.models import registry
-from tests.conftest import REPO, dvc_env
+from tests.conftest import REPO, run_dvc
 
 NAME, SEED, N_TEST = "my-cnn", 42, 300
 # Tiny values for the test only (the README's values are the recipe; these keep one epoch to seconds).
@@ -79,9 +79,7 @@ def test_a_model_added_the_documented_way_trains_evaluates_and_publishes(tmp_pat
     apply_readme_recipe(ws)
 
     # dvc.yaml needs no change: its matrix now has the new model's stages.
-    dvc = str(Path(sys.executable).parent / "dvc")
-    stages = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=ws, env=dvc_env(), capture_output=True,
-                            text=True, timeout=120)
+    stages = run_dvc("stage", "list", "--name-only", cwd=ws, timeout=120)
     assert stages.returncode == 0, stages.stderr
     assert {f"train@{NAME}-{SEED}", f"evaluate@{NAME}-{SEED}", "publish"} <= set(stages.stdout.split())
 

@@ -13,14 +13,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import dvc_env, make_workspace, run_dvc
+from tests.conftest import dvc_env, dvc_executable, make_workspace, run_dvc
 
 MODELS = ["gaussian-nb", "decision-tree"]
 GIT = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
@@ -274,8 +273,7 @@ def test_interrupted_keras_training_under_dvc_resumes_from_its_last_epoch(ws):
         set_params(ws, **{"train.models": ["cnn-dropout-1"], "models.cnn-dropout-1.epochs": 10,
                           "models.cnn-dropout-1.batch_size": 32})
         env = dvc_env()
-        dvc = str(Path(sys.executable).parent / "dvc")
-        proc = subprocess.Popen([dvc, "repro", "train@cnn-dropout-1-42"], cwd=ws, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([dvc_executable(), "repro", "train@cnn-dropout-1-42"], cwd=ws, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + 300
         while _checkpointed_epoch(ckpt_state) < 2:

@@ -139,8 +139,8 @@ def test_served_deployments_react_to_a_changed_data_slice(fmnist, tmp_path):
     resource = resource_id(ws)
     try:
         with open(server_log, "wb") as out:
-            server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                       "--port", str(port), "--no-ui"],
+            prefect = str(Path(sys.executable).parent / "prefect")   # the venv's, beside this interpreter
+            server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
                                       env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         api = Api(api_url)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO, dvc_env
+from tests.conftest import REPO, dvc_env, run_dvc
 
 README = REPO / "README.md"
 DAG_BLOCK = re.compile(r"<!-- dag:begin[^\n]*-->\n(.*?)<!-- dag:end -->", re.S)
@@ -22,8 +21,7 @@ def readme() -> str:
 
 
 def dvc_dag_md(cwd: Path = REPO) -> str:
-    dvc = str(Path(sys.executable).parent / "dvc")
-    proc = subprocess.run([dvc, "dag", "--md"], cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=120)
+    proc = run_dvc("dag", "--md", cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.strip()
 

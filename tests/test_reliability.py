@@ -32,7 +32,7 @@ from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
-from flows.dvc_env import dvc_env
+from flows.dvc_env import dvc_env, dvc_executable
 from tests.conftest import REPO, make_workspace, run_cli, run_dvc, shipped_validate_params, write_csv_slice
 
 # dvc.yaml's ingest command (the stage CLIs take their paths from dvc.yaml; they have no defaults).
@@ -236,8 +236,7 @@ def _ran(output: str) -> set[str]:
 def dvc_workspace(tmp_path_factory, fmnist):
     """A real DVC workspace built by `dvc repro split`, with a second `dvc repro` started mid-way."""
     ws = make_workspace(tmp_path_factory.mktemp("dvcws"), fmnist, train_rows=1000, test_rows=300)
-    dvc = str(Path(sys.executable).parent / "dvc")
-    first = subprocess.Popen([dvc, "repro", "split"], cwd=ws, env=dvc_env(),
+    first = subprocess.Popen([dvc_executable(), "repro", "split"], cwd=ws, env=dvc_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Wait until ingest has finished: the first run is now in the validate stage (GX import alone takes
     # longer than DVC's 3 s lock retry).
