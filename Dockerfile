@@ -2,8 +2,10 @@
 # runs `make run` (dvc repro).
 #   CPU (default):  docker build -t fmnist-pipeline .
 #   GPU (NVIDIA):   docker build --build-arg GPU=1 -t fmnist-pipeline:gpu .   (TensorFlow's CUDA build)
-# Run so that the results stay (named volumes for data, models, metrics and DVC's cache; the report in ./reports):
-# README, "Docker". Layers: system packages, then Python dependencies from the lock files only, then the source;
+# Volumes: data, models, metrics, reports and DVC's cache (with its run cache); README, "Docker", has the run
+# command. dvc.lock, accuracy.json, plots/ and .checkpoints/ go with the container: the next one restores the
+# finished stages (accuracy.json and plots/ included) from the run cache, but not an interrupted training's
+# checkpoint. Layers: system packages, then Python dependencies from the lock files only, then the source;
 # editing a .py rebuilds the last layers in seconds and never reinstalls TensorFlow.
 FROM python:3.11-slim-bookworm AS image
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1 \

@@ -1,5 +1,7 @@
 """`python -m benchmarks`: ours vs an alternative, side by side in one run; a ratio table on stdout,
-reports/benchmarks.md and reports/benchmarks.json (raw figures).
+benchmarks/out/benchmarks.md and benchmarks/out/benchmarks.json (raw figures; --out elsewhere). The committed
+copy, docs/results/benchmarks.md, is one run of sections 6,1,2,3,4,5,7 (`make bench BENCH="--end-to-end
+--sections 6,1,2,3,4,5,7 --out docs/results"` on a fresh clone: section 6 builds every output the others use).
 
 Sections (default: 1-5 and 7; 6 only with --end-to-end; modules in benchmarks/sections/):
   1 CSV ingest of the full 60k train CSV: read_kaggle_csv vs pandas.read_csv — wall time and peak RSS,
@@ -39,7 +41,6 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from benchmarks import harness  # noqa: E402
 from benchmarks.sections import (csv_ingest, gate_full_data, gate_vs_naive_gx, inference_speed,  # noqa: E402
                                  noop_rerun, parallel_stages, stage_times, training_throughput)
-from flows.dag import outs_dir  # noqa: E402
 from pipeline import io  # noqa: E402
 
 TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3": "3. training throughput",
@@ -68,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rows", type=int, default=2000, help="section 2: rows of the fault-injection slice")
     p.add_argument("--no-fault-matrix", dest="fault_matrix", action="store_false",
                    help="section 2: skip the injected-fault comparison (saves ~1.5 min)")
-    reports = outs_dir("publish")   # the report directory, as dvc.yaml names it
-    p.add_argument("--out", type=Path, default=reports, help=f"output directory (default {reports}/)")
+    # Not reports/: that is publish's DVC output, which the next `dvc repro` replaces.
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="output directory (default benchmarks/out/)")
     return p
 
 

@@ -151,7 +151,8 @@ def render_markdown(sections: list[Section], meta: dict[str, Any]) -> str:
              f"{meta['environment'].get('cpus')} CPU(s), load average at start "
              f"{', '.join(f'{x:.1f}' for x in meta['environment'].get('load_average_at_start', ()))}. "
              "Ratio = ours / alternative: for times and memory (lower is better) below 1 means ours wins; for "
-             "throughput (higher is better) above 1 means ours wins. Raw figures: `reports/benchmarks.json`. "
+             "throughput (higher is better) above 1 means ours wins. Raw figures: `benchmarks.json` beside this "
+             "file. "
              "On a shared machine, compare only figures from one run.", "",
              render_table(sections), ""]
     for s in sections:

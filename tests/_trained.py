@@ -1,5 +1,6 @@
-"""A workspace with tiny REAL trained and evaluated models, built once per test session (through the train and
-evaluate stages' own code) for the tests of predict, export, serve and the model cards.
+"""A workspace with tiny REAL trained and evaluated models, built once per test session (conftest's `trained`
+fixture, through the train and evaluate stages' own code) for the tests of predict, export, serve and the model
+cards.
 
     <root>/params.yaml                 the shipped params.yaml, train.models/export.models set to the models below
     <root>/models/<name>/seed-42/      cnn-dropout-1 and cnn-ours (1 epoch on 600 real images), gaussian-nb
@@ -26,13 +27,9 @@ MODELS = ("cnn-dropout-1", "cnn-ours", "gaussian-nb")
 TINY = {"cnn-dropout-1": {"epochs": 1, "batch_size": 32}, "cnn-ours": {"epochs": 1, "batch_size": 32},
         "gaussian-nb": {}}
 N_EVAL = 300
-_CACHE: dict[str, Path] = {}
 
 
-def trained_workspace(tmp_path_factory, fmnist, small_split) -> Path:
-    if "root" in _CACHE:
-        return _CACHE["root"]
-    root = tmp_path_factory.mktemp("trained")
+def build_trained_workspace(root: Path, fmnist, small_split) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["models"] = list(MODELS)
     params["train"]["seeds"] = [SEED]
@@ -62,5 +59,4 @@ def trained_workspace(tmp_path_factory, fmnist, small_split) -> Path:
     publish.publish(list(MODELS), metrics_dir=root / "metrics", models_dir=root / "models", out_dir=root / "reports",
                     test_path=None, class_counts_path=split / "class_counts.json", seeds=[SEED], mcnemar_top=2, alpha=0.05,
                     sample_images=4, dpi=40)
-    _CACHE["root"] = root
     return root

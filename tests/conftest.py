@@ -1,13 +1,18 @@
 """Shared fixtures: small slices of the REAL Fashion-MNIST (Debian's dataset-fashion-mnist package).
 
 Tests never fabricate pixel data: they slice the official IDX files, which `.ci/run` / `make test`
-install. Slices are small so the whole suite stays fast on 2 cores.
+install. Slices are small, and what is expensive is built once per session and copied: the DVC workspaces
+(`data_workspace`: fetch -> split done; `models_workspace`: two scikit-learn models trained, evaluated and
+published) and one Prefect test server (`prefect_server`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
+import io
 import os
 import shutil
 import subprocess
@@ -84,6 +89,20 @@ def csv_slice(fmnist, tmp_path) -> dict[str, Path]:
     return write_csv_slice(fmnist, tmp_path / "raw")
 
 
+def call_cli(*args: str, cwd: Path | str = REPO) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in this process (the same `pipeline.cli.main`, without a new interpreter): for
+    error matrices, where a subprocess per case costs seconds. One subprocess per stage checks the real exit."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:          # argparse errors exit 2, as the real command does
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out.getvalue(), err.getvalue())
+
+
 def run_cli(*args: str, cwd: Path | str = REPO, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m pipeline ...` the way dvc.yaml does, in a subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -96,7 +115,8 @@ def run_cli(*args: str, cwd: Path | str = REPO, check: bool = False, timeout: in
 
 def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int = 300,
                    params_overrides: dict | None = None) -> Path:
-    """A throw-away git+DVC workspace with the repo's dvc.yaml/params.yaml over a real CSV slice.
+    """A throw-away git+DVC workspace with the repo's dvc.yaml/params.yaml over a real CSV slice in `source/`
+    (`fetch.source: source`, relative, so that a copy of the workspace is a workspace of its own).
 
     Stage commands run the installed `pipeline` package with this interpreter (PATH is set by
     `dvc_env`). Params are shrunk to the slice so the real DAG runs in seconds.
@@ -110,7 +130,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
     source = dest / "source"
     write_csv_slice(fmnist, source, train_rows, test_rows)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["fetch"]["source"] = str(source)
+    params["fetch"]["source"] = "source"
     params["validate"]["expected_rows"] = {"train": train_rows, "test": test_rows}
     params["validate"]["class_share_tolerance"] = 0.05
     params["split"]["train_size"] = int(train_rows * 0.8)
@@ -130,3 +150,87 @@ def run_dvc(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     """`dvc <args>` in `cwd`, with flows/dvc_env.py's executable and environment (the one home of both)."""
     return subprocess.run([dvc_executable(), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ------------------------------------------------------------------------- workspaces built once per session
+SLICE = {"train_rows": 500, "test_rows": 200}     # the one slice of the shared DVC workspaces
+# Cheap settings for the model stages of test workspaces: the DAG is tested here, not the models.
+CHEAP = {"evaluate.latency_calls": 3, "evaluate.warmup_calls": 1, "publish.dpi": 50, "publish.sample_images": 4}
+MODELS = ["gaussian-nb", "decision-tree"]           # the two fastest registered models
+
+
+def set_params(ws: Path, **changes) -> None:
+    """Edit params.yaml by hand, as a user would: dotted keys -> new values."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for key, value in changes.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_workspace(template: Path, dest: Path, **param_changes) -> Path:
+    """A copy of a built workspace (git repo, params, outputs, dvc.lock, DVC cache): what `dvc repro` recorded
+    there is up to date here too. DVC's state database (.dvc/tmp) is left behind: it keys files by inode."""
+    shutil.copytree(template, dest, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    if param_changes:
+        set_params(dest, **param_changes)
+    return dest
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    path: Path
+    first_run: str      # stdout of the `dvc repro` that built it (what a first run reports)
+
+
+@pytest.fixture(scope="session")
+def data_workspace(tmp_path_factory, fmnist) -> Built:
+    """Every data stage (fetch -> ingest -> validate -> convert -> images, split), run once by
+    `dvc repro split images` on the 500/200 real slice. Read-only: tests copy it (copy_workspace) first."""
+    ws = make_workspace(tmp_path_factory.mktemp("data-ws") / "ws", fmnist, **SLICE,
+                        params_overrides={"train.models": MODELS, **CHEAP})
+    proc = run_dvc("repro", "split", "images", cwd=ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return Built(ws, proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def models_workspace(tmp_path_factory, data_workspace) -> Built:
+    """data_workspace plus train/evaluate@gaussian-nb-42 and @decision-tree-42 and publish (`dvc repro`).
+    Read-only: tests copy it (copy_workspace) before changing anything."""
+    ws = copy_workspace(data_workspace.path, tmp_path_factory.mktemp("models-ws") / "ws")
+    proc = run_dvc("repro", cwd=ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return Built(ws, proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server (a temporary database) for every test that talks to Prefect's API."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, fmnist, small_split) -> Path:
+    """tests/_trained.py's workspace of tiny trained models (predict, export, serve, model cards)."""
+    from tests._trained import build_trained_workspace
+
+    return build_trained_workspace(tmp_path_factory.mktemp("trained"), fmnist, small_split)
+
+
+# The slow tier (`pytest -m slow`; `make check` leaves it out): every test that runs the real DVC pipeline,
+# Prefect or Dask end to end. Tests that use the shared end-to-end fixtures are marked here, so none is forgotten;
+# the few that build an end-to-end run of their own carry the mark themselves.
+END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline import io
@@ -67,6 +68,7 @@ def run_stage(ws: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_a_model_added_the_documented_way_trains_evaluates_and_publishes(tmp_path, fmnist, small_split):
     assert NAME not in registry.names(), "the example must be a new model"
     ws = tmp_path / "project"

@@ -5,6 +5,7 @@ with a message that says what, where and by how much."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 
 from pipeline.data import content
 from pipeline.data.fetch import to_kaggle_table
-from pipeline.data.validate.gate import validate_tables
+from pipeline.data.validate.gate import load_reference, validate_table, validate_tables
 from pipeline.params import ValidateParams
+from pipeline.schema import CLASS_NAMES
 from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
 
 TRAIN, TEST = 3000, 2000      # >= 150 rows per class, so every class's drift is judged
@@ -111,6 +113,9 @@ def test_official_data_pass_with_content_measured(fmnist):
     assert 0 < near["count"] < 100 and near["share"] == near["count"] / 10000 and near["max_rms"] == 0.05
     drift = test["drift"]["classes"]
     assert len(drift) == 10 and all(c["mean_image_rmse"] < 0.02 for c in drift)
+    for split in (train, test):      # no diagnosis: the unchanged reference explains the official data
+        assert split["drift"]["diagnosis"]["cause"] == "none" and split["drift"]["diagnosis"]["message"] == ""
+        assert all(c["looks_like"] == "" for c in split["drift"]["classes"])
     names = {e["name"] for e in report["splits"]["test"]["expectations"]}
     assert {"duplicates", "degenerate_images", "test_in_train", "near_duplicates", "drift_pixel_js",
             "drift_mean_image_rmse", "drift_intensity_psi"} <= names
@@ -124,6 +129,7 @@ def test_random_subsets_of_2000_rows_pass(fmnist, seed):
     params = dataclasses.replace(params_for(2000, 2000), class_share_tolerance=0.1)
     report = gate(x[i], y[i], xt[j], yt[j], params)
     assert report["success"], report["failures"]
+    assert [s["summary"]["content"]["drift"]["diagnosis"]["cause"] for s in report["splits"].values()] == ["none"] * 2
 
 
 def _flip_lr(x):
@@ -157,19 +163,26 @@ def test_wrong_content_is_rejected_with_a_specific_message(real, case):
     assert "train" not in {s for s, r in report["splits"].items() if not r["success"]}   # only the bad split
 
 
-def test_another_dataset_in_the_same_layout_is_rejected(real):
-    """scikit-learn's bundled handwritten digits (real 8x8 scans), scaled to 28x28 grey levels and exported in
-    the 785-column layout: a well-formed file of the wrong dataset."""
+@functools.cache
+def digits_28() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits (real 8x8 scans, 1797 of them), scaled to 28x28 grey levels."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     imgs = np.stack([np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
                      for im in digits.images])
-    report = gate(real["x"], real["y"], imgs[:1797], digits.target[:1797], params_for(TRAIN, 1797))
+    return imgs, digits.target
+
+
+def test_another_dataset_in_the_same_layout_is_rejected(real):
+    """The digits exported in the 785-column layout: a well-formed file of the wrong dataset."""
+    imgs, labels = digits_28()
+    report = gate(real["x"], real["y"], imgs, labels, params_for(TRAIN, len(labels)))
     msgs = failed(report)
     assert not report["success"] and {"drift_pixel_js", "drift_mean_image_rmse"} <= set(msgs)
     assert "10 of 10 classes" in msgs["drift_mean_image_rmse"]
+    assert "; the data look like: another data set: " in msgs["drift_mean_image_rmse"]
 
 
 def test_near_duplicates_over_the_limit_warn_but_pass(real):
@@ -219,3 +232,176 @@ def test_cli_rejects_inverted_images_with_exit_3_and_keeps_the_last_good_report(
     failed_report = json.loads((tmp_path / "data/validation/report.failed.json").read_text())
     assert not failed_report["success"] and failed_report["splits"]["train"]["success"]
     shutil.rmtree(tmp_path / "data")
+
+
+# ------------------------------------------------------------------------------------ the drift diagnosis
+# A drifted split is diagnosed on all its classes at once (content.diagnose); a cause is named only where its model
+# fits clearly, else "cause unknown". Every case below corrupts the real test slice in one known way; what the
+# message must say is derived from that corruption.
+PERMUTATION = np.random.default_rng(5).permutation(10)      # images of class c get label PERMUTATION[c]
+
+
+def _permuted_words() -> str:
+    moved = sorted((int(label), c) for c, label in enumerate(PERMUTATION) if label != c)
+    return ", ".join(f"'{CLASS_NAMES[c]}' ({c}) images carry label '{CLASS_NAMES[label]}' ({label})"
+                     for label, c in moved[:3])
+
+
+def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Images moved dy px down and dx px right, the uncovered border black."""
+    padded = np.pad(x, ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))))
+    return padded[:, max(-dy, 0):max(-dy, 0) + x.shape[1], max(-dx, 0):max(-dx, 0) + x.shape[2]]
+
+
+def _noisy(x: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
+    return np.clip(np.round(x + np.random.default_rng(seed).normal(0, std, x.shape)), 0, 255).astype(np.uint8)
+
+
+def _random_warp(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each image rotated by up to 25 degrees, scaled by up to 20% and moved by up to 2 px, at random (bilinear)."""
+    from scipy.ndimage import affine_transform
+
+    rng, centre, out = np.random.default_rng(seed), np.array([13.5, 13.5]), []
+    for image in x:
+        angle, scale = np.deg2rad(rng.uniform(-25, 25)), 1 + rng.uniform(-0.2, 0.2)
+        matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
+        out.append(affine_transform(image.astype(float), matrix, centre - matrix @ centre + rng.uniform(-2, 2, 2),
+                                    order=1))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _rotated(x: np.ndarray, degrees: float) -> np.ndarray:
+    """Images rotated by `degrees` about their centre (bilinear)."""
+    from scipy.ndimage import rotate
+
+    return np.clip(np.round(rotate(x.astype(float), degrees, axes=(1, 2), reshape=False, order=1)), 0, 255
+                   ).astype(np.uint8)
+
+
+CAUSE_CASES = {
+    # name: (how the test split is corrupted, the cause diagnosed, words the message must hold)
+    "inverted": (lambda r: (255 - r["xt"], r["yt"]), "inverted", "inverted images (255 - value)"),
+    "mirrored": (lambda r: (r["xt"][:, :, ::-1], r["yt"]), "mirrored", "images mirrored left-right"),
+    "upside-down": (lambda r: (r["xt"][:, ::-1, :], r["yt"]), "upside_down", "images upside down"),
+    "rotated-180": (lambda r: (r["xt"][:, ::-1, ::-1], r["yt"]), "rotated_180", "images rotated 180 degrees"),
+    "rotated-90-cw": (lambda r: (np.rot90(r["xt"], -1, axes=(1, 2)), r["yt"]), "rotated_90_cw",
+                      "images rotated 90 degrees clockwise"),
+    "rotated-90-ccw": (lambda r: (np.rot90(r["xt"], 1, axes=(1, 2)), r["yt"]), "rotated_90_ccw",
+                       "images rotated 90 degrees counter-clockwise"),
+    "transposed": (lambda r: (r["xt"].transpose(0, 2, 1), r["yt"]), "transposed", "images transposed"),
+    "shifted-with-wrap": (lambda r: (np.roll(r["xt"], 3, axis=2), r["yt"]), "shifted",
+                          "images shifted 3 px right (wrapping around)"),
+    "shifted": (lambda r: (_shift(r["xt"], -2, 2), r["yt"]), "shifted", "images shifted 2 px up and 2 px right"),
+    "halved": (lambda r: ((r["xt"] * 0.5).astype(np.uint8), r["yt"]), "rescaled",
+               f"intensity rescaled: pixel values look multiplied by {0.5:.2f}"),
+    "brightened": (lambda r: (np.clip(r["xt"] * 1.3, 0, 255).astype(np.uint8), r["yt"]), "rescaled",
+                   f"intensity rescaled: pixel values look multiplied by {1.3:.2f}"),
+    "noise": (lambda r: (_noisy(r["xt"], 20), r["yt"]), "noise",
+              "noise added: the class mean images are unchanged but the pixel values look spread by gaussian noise"),
+    "labels-permuted": (lambda r: (r["xt"], PERMUTATION[r["yt"]]), "labels_permuted",
+                        "labels permuted: " + _permuted_words()),
+    "labels-shuffled": (lambda r: (r["xt"], np.random.default_rng(0).permutation(r["yt"])), "labels_unrelated",
+                        "labels unrelated to the images"),
+    "another-data-set": (lambda r: digits_28(), "another_dataset", "another data set: "),
+}
+UNKNOWN_CASES = {   # no single known corruption: the diagnosis must not guess
+    "inverted-and-mirrored": lambda r: (255 - r["xt"][:, :, ::-1], r["yt"]),
+    "halved-plus-noise": lambda r: (_noisy(r["xt"] * 0.5, 20), r["yt"]),
+    "random-warp": lambda r: (_random_warp(r["xt"]), r["yt"]),
+    "mirrored-and-labels-permuted": lambda r: (r["xt"][:, :, ::-1], PERMUTATION[r["yt"]]),
+}
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return load_reference(shipped_validate_params())
+
+
+def diagnose(xt, yt, profile) -> dict:
+    return content.diagnose(xt, yt, profile, int(shipped_validate_params().drift["min_class_rows"]))
+
+
+def judge_test_split(xt, yt) -> tuple[str, dict]:
+    """The test split alone through the gate: (its first drift failure message, the report's diagnosis)."""
+    result = validate_table(to_kaggle_table(xt, yt), "test", params_for(TRAIN, len(yt)))
+    drift = [m for m in result.failures if "against the reference profile" in m]
+    assert drift, result.failures
+    return drift[0], result.summary["content"]["drift"]["diagnosis"]
+
+
+def named_causes(message: str) -> list[str]:
+    return [cause for cause, words in content.CAUSES.items() if words in message]
+
+
+@pytest.mark.parametrize("case", sorted(CAUSE_CASES))
+def test_drift_message_names_the_one_cause_the_data_support(real, case):
+    corrupt, cause, words = CAUSE_CASES[case]
+    message, diagnosis = judge_test_split(*corrupt(real))
+    assert diagnosis["cause"] == cause, diagnosis
+    assert f"; the data look like: {content.CAUSES[cause]}" in message and words in message, message
+    assert named_causes(message) == [cause] and content.UNKNOWN not in message, message
+    if cause == "noise":
+        assert abs(diagnosis["statistics"]["noise_std"] - 20) <= 2
+
+
+@pytest.mark.parametrize("case, says", [("halved", "intensity rescaled: pixel values look multiplied by 0.50"),
+                                        ("labels-shuffled", "labels unrelated to the images")],
+                         ids=["halved", "labels-shuffled"])
+def test_halved_intensity_and_shuffled_labels_are_not_called_a_permutation(real, case, says):
+    xt, yt = CAUSE_CASES[case][0](real)
+    drift = [m for m in failed(gate(real["x"], real["y"], xt, yt)).values() if "against the reference profile" in m]
+    assert drift and all(says in m and "permuted" not in m for m in drift), drift
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_CASES))
+def test_drift_no_known_corruption_explains_is_cause_unknown(real, case):
+    message, diagnosis = judge_test_split(*UNKNOWN_CASES[case](real))
+    assert diagnosis["cause"] == "unknown" and message.endswith("; " + content.UNKNOWN), message
+    assert named_causes(message) == [], message
+
+
+CONFUSABLE = [   # (case a, case b, the statistic whose model fits tell them apart)
+    ("labels-permuted", "labels-shuffled", "mean_image_misfit"),
+    ("halved", "inverted", "pixel_histogram_js"),
+    ("noise", "halved", "pixel_histogram_js"),
+    ("shifted", "mirrored", "mean_image_misfit"),
+    ("shifted-with-wrap", "rotated-180", "mean_image_misfit"),
+    ("mirrored", "transposed", "mean_image_misfit"),
+    ("mirrored", "rotated-180", "mean_image_misfit"),
+    ("upside-down", "rotated-180", "mean_image_misfit"),
+    ("transposed", "rotated-90-cw", "mean_image_misfit"),
+    ("rotated-90-cw", "rotated-90-ccw", "mean_image_misfit"),
+]
+
+
+@pytest.mark.parametrize("a, b, statistic", CONFUSABLE, ids=[f"{a}-vs-{b}" for a, b, _ in CONFUSABLE])
+def test_confusable_causes_are_told_apart(real, profile, a, b, statistic):
+    """On each case's data its own model fits, and clearly better than the other case's model."""
+    ratio = content.CLEAR_RATIO if statistic == "mean_image_misfit" else content.HIST_CLEAR_RATIO
+    for this, other in ((a, b), (b, a)):
+        corrupt, cause, _ = CAUSE_CASES[this]
+        diagnosis = diagnose(*corrupt(real), profile)
+        fits = diagnosis["statistics"][statistic]
+        assert diagnosis["cause"] == cause, (this, diagnosis["cause"])
+        assert fits[cause] <= ratio * fits[CAUSE_CASES[other][1]], (this, fits)
+        if statistic == "mean_image_misfit":
+            assert fits[cause] <= 1, (this, fits)
+
+
+def test_another_data_set_is_told_apart_from_an_unknown_cause(real, profile):
+    """Digits, and Fashion-MNIST halved plus noise, both match no model of the pixel values and both move the
+    per-image amount of ink; only the digits' class mean images are shaped like no Fashion-MNIST class. Rotated
+    Fashion-MNIST keeps its ink. Only the digits are called another data set."""
+    def foreign_share(d):
+        return float(np.mean(np.array(d["statistics"]["shape_similarity"]) < content.FOREIGN_CORRELATION))
+
+    digits = diagnose(*digits_28(), profile)
+    mix = diagnose(*UNKNOWN_CASES["halved-plus-noise"](real), profile)
+    rotated = diagnose(_rotated(real["xt"], 20), real["yt"], profile)
+    for d in (digits, mix):
+        assert d["statistics"]["pixel_values"] == "no model fits"
+    assert digits["cause"] == "another_dataset" and foreign_share(digits) > content.FOREIGN_CLASS_SHARE
+    assert digits["statistics"]["intensity_ks"] >= content.FOREIGN_INK_KS
+    assert mix["cause"] == "unknown" and foreign_share(mix) == 0
+    assert mix["statistics"]["intensity_ks"] >= content.FOREIGN_INK_KS
+    assert rotated["cause"] == "unknown" and rotated["statistics"]["intensity_ks"] < content.FOREIGN_INK_KS

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_workspace, run_dvc
+from conftest import copy_workspace, run_dvc
 
 REPO = Path(__file__).resolve().parents[1]
 WORKDIR = "/home/app/fmnist-pipeline"
@@ -92,13 +92,10 @@ def test_readme_docker_run_keeps_every_volume():
 
 
 @pytest.mark.slow
-def test_dvc_without_git_reuses_the_kept_volumes(fmnist, tmp_path):
+def test_dvc_without_git_reuses_the_kept_volumes(data_workspace, tmp_path):
     """The image has no .git: DVC runs with core.no_scm. A second container starts from the image's dvc.lock with
     the volumes (data, models, metrics, reports, DVC cache) kept: nothing is trained or evaluated again."""
-    ws = make_workspace(tmp_path / "ws", fmnist, train_rows=500, test_rows=200,
-                        params_overrides={"train.models": ["gaussian-nb"], "evaluate.latency_calls": 3,
-                                          "evaluate.warmup_calls": 1, "publish.dpi": 50,
-                                          "publish.sample_images": 4})
+    ws = copy_workspace(data_workspace.path, tmp_path / "ws", **{"train.models": ["gaussian-nb"]})
     shutil.rmtree(ws / ".git")
     assert "not a git repository" in run_dvc("status", cwd=ws).stderr
     assert run_dvc("config", "--local", "core.no_scm", "true", cwd=ws).returncode == 0

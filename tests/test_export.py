@@ -13,13 +13,13 @@ import yaml
 from pipeline.export import INPUT_NAME, META_FILE, ONNX_FILE
 from pipeline.models import registry
 from pipeline.schema import CLASS_NAMES
-from tests._trained import SEED, trained_workspace
+from tests._trained import SEED
 from tests.conftest import make_workspace, run_cli, run_dvc
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, fmnist, small_split) -> Path:
-    return trained_workspace(tmp_path_factory, fmnist, small_split)
+def ws(trained) -> Path:
+    return trained
 
 
 @pytest.fixture(scope="module")

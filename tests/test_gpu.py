@@ -24,7 +24,7 @@ from pipeline.params import TrainParams, build
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_RECIPE = [
-    "scripts/install-system-deps.sh",
+    "PYTHON={python} scripts/install-system-deps.sh",
     "{python} -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \"Python 3.11 is required "
     "(found %d.%d)\" % sys.version_info[:2])'",
     "{python} -m venv {venv}",

@@ -20,7 +20,6 @@ CR-only line endings and a UTF-8 byte-order mark (Excel's "CSV UTF-8"), alone or
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
@@ -38,14 +37,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.cli import main as pipeline_main
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.data import ingest as ingest_mod
 from pipeline.data.ingest import read_kaggle_csv
 from pipeline.errors import PipelineError
 from pipeline.schema import CSV_COLUMNS
 
-from tests.conftest import DEBIAN_IDX_DIR, REPO, run_cli, write_csv_slice
+from tests.conftest import DEBIAN_IDX_DIR, REPO, call_cli, run_cli, write_csv_slice
 
 TRAIN_ROWS, TEST_ROWS = 1000, 300
 TRAIN_CSV = "data/raw/fashion-mnist_train.csv"
@@ -62,11 +60,9 @@ def write_params(ws: Path) -> None:
 
 
 def run_in_process(ws: Path, *args: str) -> tuple[int, str]:
-    """`python -m pipeline <args>` in this process (same code path as the subprocess; GX is imported once)."""
-    err = io.StringIO()
-    with contextlib.chdir(ws), contextlib.redirect_stderr(err):
-        code = pipeline_main(list(args))
-    return code, err.getvalue()
+    """`python -m pipeline <args>` in this process (conftest.call_cli: same code path, no new interpreter)."""
+    proc = call_cli(*args, cwd=ws)
+    return proc.returncode, proc.stderr
 
 
 def snapshot(ws: Path) -> dict[str, str]:
@@ -387,7 +383,7 @@ def corrupt_train_csv(ws: Path, corruption: Callable[[Lines], bytes]) -> None:
 def test_ingest_rejects_and_keeps_previous_outputs(workspace, corruption, expected):
     before = snapshot(workspace)
     corrupt_train_csv(workspace, corruption)
-    proc = run_cli(*INGEST, cwd=workspace)
+    proc = call_cli(*INGEST, cwd=workspace)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("error [ingest]:") == 1 and "Traceback" not in proc.stderr
     assert "how to fix:" in proc.stderr
@@ -396,6 +392,18 @@ def test_ingest_rejects_and_keeps_previous_outputs(workspace, corruption, expect
     assert snapshot(workspace) == before
     assert visible(workspace / "data/interim") == ["test.parquet", "train.parquet"]
     assert visible(workspace / "data/validation") == ["docs", "report.json"]
+
+
+def test_the_ingest_command_exits_2_with_one_message_and_keeps_previous_outputs(workspace):
+    """The error matrix above runs in this process; this case runs the real `python -m pipeline ingest`."""
+    before = snapshot(workspace)
+    corrupt_train_csv(workspace, set_cell(6, "pixel12", "256"))
+    proc = run_cli(*INGEST, cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("error [ingest]:") == 1 and "Traceback" not in proc.stderr
+    assert "line 8, column 'pixel12' (#13): value 256 is outside 0-255" in proc.stderr, proc.stderr
+    assert "how to fix:" in proc.stderr
+    assert snapshot(workspace) == before
 
 
 def test_random_bytes_case_is_not_mistaken_for_a_known_format():
@@ -418,7 +426,7 @@ def test_ingest_accepts_standard_csv_variants_with_identical_parquet(workspace, 
     for name in ("fashion-mnist_train.csv", "fashion-mnist_test.csv"):
         path = workspace / "data/raw" / name
         path.write_bytes(variant(path.read_text().split("\n")))
-    proc = run_cli(*INGEST, cwd=workspace)
+    proc = call_cli(*INGEST, cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr and "error" not in proc.stderr
     after = snapshot(workspace)

@@ -12,13 +12,13 @@ from pipeline import io
 from pipeline.evaluate import confusion_matrix
 from pipeline.model_card import confused_pairs
 from pipeline.schema import CLASS_NAMES
-from tests._trained import MODELS, SEED, trained_workspace
+from tests._trained import MODELS, SEED
 
 
 @pytest.fixture(scope="module")
-def cards(tmp_path_factory, fmnist, small_split) -> dict:
+def cards(trained) -> dict:
     """publish's own run over the tiny trained models (tests/_trained.py writes <root>/reports with it)."""
-    ws = trained_workspace(tmp_path_factory, fmnist, small_split)
+    ws = trained
     return {"ws": ws, "out": ws / "reports"}
 
 

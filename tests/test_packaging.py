@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def test_dockerfile_installs_what_make_setup_installs():
     assert 'CMD ["make", "run"]' in docker
     assert re.search(r"^USER (?!root)\w+", docker, re.M), "the image must run as a non-root user"
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^run: setup$", makefile, re.M) and re.search(r"^test: setup$", makefile, re.M)
+    assert re.search(r"^run: setup$", makefile, re.M) and re.search(r"^test: setup test-deps$", makefile, re.M)
     assert "-c requirements.lock" in makefile
 
 
@@ -54,3 +56,22 @@ def test_dependencies_are_pinned_and_locked():
     for dep in re.findall(r'^\s+"([A-Za-z0-9_.\-]+)==([^"]+)"', pyproject, re.M):
         name, version = dep[0].lower().replace("_", "-"), dep[1]
         assert lock.get(name) == version, f"{name}=={version} in pyproject but {lock.get(name)} in requirements.lock"
+
+
+def _make_dry_run(target: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.run(["make", "-n", target, "VENV=venv-dry-run", "GPU=0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_run_installs_only_what_the_pipeline_needs_and_make_test_adds_the_browser():
+    run, test, check = (_make_dry_run(t) for t in ("run", "test", "check"))
+    for recipe in (run, test, check):
+        assert re.search(r"^PYTHON=\S+ scripts/install-system-deps\.sh$", recipe, re.M), recipe
+    assert "install-system-deps.sh --test" not in run
+    assert "install-system-deps.sh --test" in test and "install-system-deps.sh --test" in check
+    assert 'pytest -q -m "not slow"' in check and re.search(r"pytest -q$", test, re.M)
+    script = (REPO / "scripts/install-system-deps.sh").read_text()
+    assert "python3.11-venv" in script and "chromium" in script

@@ -1,6 +1,9 @@
 """Parallel stage execution (`python -m flows run --workers N` / `--dask-address`): Dask workers run stages in
 clones of their own, outputs travel through a local-directory DVC remote, and the workspace ends up with the
 bookkeeping a serial `dvc repro` leaves. Real DVC, real Dask processes, a real data slice.
+
+The serial reference is conftest's models_workspace (built by `dvc repro`); one workspace runs the whole DAG
+through the flow from scratch; the others start from a copy of conftest's data_workspace (data stages done).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import flows  # noqa: F401  (Prefect/DVC environment defaults before prefect is imported)
 import pytest
 import yaml
-from conftest import make_workspace, run_dvc, write_csv_slice
+from conftest import CHEAP, MODELS, SLICE, copy_workspace, make_workspace, run_dvc, set_params
 
 from pipeline.errors import PipelineError
 
@@ -26,36 +29,19 @@ from flows.parallel import (ClusterShape, cache_every_output, local_worker_specs
                             thread_env, wants_gpu)
 from flows.pipeline_flow import pipeline_flow
 
-pytestmark = pytest.mark.slow
-
-CHEAP = {"train.models": ["gaussian-nb", "extra-tree"], "evaluate.latency_calls": 3, "evaluate.warmup_calls": 1,
-         "publish.dpi": 50, "publish.sample_images": 4}
 # Stages whose outputs hold no timings: byte-identical whoever runs them.
 DETERMINISTIC = ("fetch", "ingest", "convert", "images", "split")
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def source(fmnist, tmp_path_factory) -> Path:
-    """One real data slice for every workspace here, so that their params (fetch.source) and dvc.lock compare."""
-    path = tmp_path_factory.mktemp("source")
-    write_csv_slice(fmnist, path, 500, 200)
-    return path
-
-
-def workspace(root: Path, fmnist, source: Path, **overrides) -> Path:
-    ws = make_workspace(root / "ws", fmnist, train_rows=500, test_rows=200,
-                        params_overrides={**CHEAP, "fetch.source": str(source), **overrides})
+def with_remote(ws: Path, root: Path) -> Path:
     proc = run_dvc("remote", "add", "--local", "-f", "-d", "test-remote", str(root / "remote"), cwd=ws)
     assert proc.returncode == 0, proc.stderr
     return ws
+
+
+def workspace(root: Path, data_workspace, **changes) -> Path:
+    """A copy of conftest's data_workspace (data stages recorded) with its own DVC remote and `changes`."""
+    return with_remote(copy_workspace(data_workspace.path, root / "ws", **changes), root)
 
 
 def lock(ws: Path) -> dict:
@@ -82,16 +68,34 @@ def api_url() -> str:
         return str(client.api_url)
 
 
+def flow_log(flow_run_id, wanted: list[str]) -> list[str]:
+    """The flow run's log messages in order, once every text in `wanted` is among them (logs reach the API in
+    batches after the run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                    sort=LogSort.TIMESTAMP_ASC)
+        messages = [entry.message for entry in logs]
+        if all(any(w in m for m in messages) for w in wanted) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
-def serial_and_parallel(prefect_server, fmnist, source, tmp_path_factory):
-    """The same workspace run by `dvc repro` and by the flow with 2 local Dask workers."""
-    serial = workspace(tmp_path_factory.mktemp("serial"), fmnist, source)
-    proc = run_dvc("repro", cwd=serial)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    parallel = workspace(tmp_path_factory.mktemp("parallel"), fmnist, source)
+def serial_and_parallel(prefect_server, fmnist, models_workspace, tmp_path_factory):
+    """The same project and slice run by `dvc repro` (conftest's models_workspace) and, from scratch, by the flow
+    with 2 local Dask workers."""
+    root = tmp_path_factory.mktemp("parallel")
+    parallel = with_remote(make_workspace(root / "ws", fmnist, **SLICE,
+                                          params_overrides={"train.models": MODELS, **CHEAP}), root)
     state = pipeline_flow(workspace=str(parallel), workers=2, retry_delay_s=0, return_state=True)
     assert state.is_completed(), state.message
-    return serial, parallel, state
+    return models_workspace.path, parallel, state
 
 
 # ------------------------------------------------------------------------------------ DVC bookkeeping
@@ -133,9 +137,15 @@ def test_portable_stages_ran_on_two_workers_at_once_and_were_recorded_from_the_r
         else:
             assert "worker" not in outcomes[name] and outcomes[name]["status"] == "ran", name
     assert {outcomes[n]["worker"] for n in stages if n.startswith("train@")} == {"stage-worker-0", "stage-worker-1"}
-    runs = task_runs(state.state_details.flow_run_id)
-    first, second = (runs[n] for n in ("train@gaussian-nb-42", "train@extra-tree-42"))
-    assert first.start_time < second.end_time and second.start_time < first.end_time, "trainings must overlap"
+    # Both trainings were handed to the cluster before either was recorded in the workspace (DVC restoring the
+    # worker's run: "is cached - skipping run"): the scheduler dispatches every ready stage at once. Read from
+    # the flow process's own log, in order; no clock involved.
+    trainings = [f"train@{m}-42" for m in MODELS]
+    restored = [f"Stage '{t}' is cached - skipping run" for t in trainings]
+    messages = flow_log(state.state_details.flow_run_id, [f"stage '{t}' dispatched" for t in trainings] + restored)
+    dispatched = [next(i for i, m in enumerate(messages) if f"stage '{t}' dispatched" in m) for t in trainings]
+    recorded = [i for i, m in enumerate(messages) if any(r in m for r in restored)]
+    assert recorded and max(dispatched) < min(recorded), "both trainings must be in flight at once"
     # on 2 cores, each of the 2 workers runs one stage at a time with one thread
     assert {outcomes[n]["threads"] for n in stages if stages[n].portable} == {max(1, (os.cpu_count() or 1) // 2)}
 
@@ -149,10 +159,12 @@ def test_a_second_parallel_run_dispatches_nothing(serial_and_parallel):
 
 
 # -------------------------------------------------------------- workers with a directory of their own
-def test_external_scheduler_two_workers_own_directories_and_gpu_resource(prefect_server, fmnist, source, tmp_path):
+def test_external_scheduler_two_workers_own_directories_and_gpu_resource(prefect_server, data_workspace, tmp_path):
     """`--dask-address`: a scheduler and 2 worker processes started by hand, each in its own directory, sharing
-    nothing with the workspace but the DVC remote; the Keras stages go to the worker that declares GPU=1."""
-    ws = workspace(tmp_path, fmnist, source, **{"train.models": ["gaussian-nb", "cnn-dropout-1"],
+    nothing with the workspace but the DVC remote; the Keras stages go to the worker that declares GPU=1.
+    The CNN comes first in train.models, so it is dispatched first and holds the GPU worker: the other worker
+    then has the free slot for the scikit-learn stages."""
+    ws = workspace(tmp_path, data_workspace, **{"train.models": ["cnn-dropout-1", "gaussian-nb"],
                                                 "models.cnn-dropout-1.epochs": 1})
     scheduler_file = tmp_path / "scheduler.json"
     env = dict(os.environ, PREFECT_API_URL=api_url())
@@ -205,8 +217,9 @@ class _suppress:
 
 
 # ------------------------------------------------------------------------------------------- failures
-def test_a_failed_stage_stops_only_what_depends_on_it(prefect_server, fmnist, source, tmp_path):
-    ws = workspace(tmp_path, fmnist, source, **{"models.extra-tree.max_depth": -3})   # sklearn rejects it at fit
+def test_a_failed_stage_stops_only_what_depends_on_it(prefect_server, data_workspace, tmp_path):
+    ws = workspace(tmp_path, data_workspace, **{"train.models": ["gaussian-nb", "extra-tree"],
+                                                "models.extra-tree.max_depth": -3})   # sklearn rejects it at fit
     state = pipeline_flow(workspace=str(ws), workers=2, retries=2, retry_delay_s=0, return_state=True)
     assert state.is_failed()
     with pytest.raises(StageFailed, match="train@extra-tree-42"):
@@ -221,14 +234,12 @@ def test_a_failed_stage_stops_only_what_depends_on_it(prefect_server, fmnist, so
     assert "Data and pipelines are up to date" in status, status
 
 
-def test_the_data_gate_stops_everything_downstream(prefect_server, fmnist, tmp_path):
-    bad = tmp_path / "bad-source"
-    write_csv_slice(fmnist, bad, 500, 200)
-    csv = bad / "fashion-mnist_train.csv"
+def test_the_data_gate_stops_everything_downstream(prefect_server, data_workspace, tmp_path):
+    ws = workspace(tmp_path, data_workspace)
+    csv = ws / "source" / "fashion-mnist_train.csv"
     lines = csv.read_bytes().split(b"\n")
     lines[1] = b"10," + lines[1].split(b",", 1)[1]      # label 10: the gate must reject it
     csv.write_bytes(b"\n".join(lines))
-    ws = workspace(tmp_path, fmnist, bad)
     state = pipeline_flow(workspace=str(ws), workers=2, retry_delay_s=0, return_state=True)
     with pytest.raises(ValidationGateFailed, match="label"):
         state.result()
@@ -237,22 +248,20 @@ def test_the_data_gate_stops_everything_downstream(prefect_server, fmnist, tmp_p
     assert set(runs) == {"fetch", "ingest", "validate"}, "nothing downstream of the gate may start"
 
 
-def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_server, fmnist, source, tmp_path):
-    ws = workspace(tmp_path, fmnist, source)
+def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_server, data_workspace, tmp_path):
+    ws = workspace(tmp_path, data_workspace)
     env = flow_env(PREFECT_API_URL=api_url(), PYTHONUNBUFFERED="1")   # whole log lines: the test reads them
     cmd = [sys.executable, "-m", "flows", "run", "--workspace", str(ws), "--workers", "2"]
     log_path = tmp_path / "flow.log"
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        # interrupt once split is recorded (the trainings are dispatched next): read from dvc.lock, not the logs
+        # Interrupt while a worker runs a training: publish cannot have run yet, whatever the machine's speed.
         deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            lock_file = ws / "dvc.lock"
-            if lock_file.exists() and "split" in (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}):
-                break
-            time.sleep(0.2)
-        time.sleep(4.0)
+        while proc.poll() is None and not _stage_commands_running(ws, "train"):
+            assert time.monotonic() < deadline, "no training started"
+            time.sleep(0.05)
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -279,12 +288,12 @@ def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_s
     assert "Data and pipelines are up to date" in run_dvc("status", cwd=ws).stdout
 
 
-def _stage_commands_running(ws: Path) -> bool:
+def _stage_commands_running(ws: Path, stage: str = "") -> bool:
     import psutil
 
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
-        if "-m pipeline" in cmdline and proc.pid != os.getpid():
+        if f"-m pipeline {stage}" in cmdline and proc.pid != os.getpid():
             try:
                 if "clone-" in proc.cwd() or proc.cwd() == str(ws):
                     return True

@@ -18,13 +18,13 @@ from pipeline.imaging import to_fashion_mnist, to_gray
 from pipeline.models import registry
 from pipeline.predict import Item, predict_items, read_picture, top_k
 from pipeline.schema import CLASS_NAMES
-from tests._trained import SEED, trained_workspace
+from tests._trained import SEED
 from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, fmnist, small_split) -> Path:
-    return trained_workspace(tmp_path_factory, fmnist, small_split)
+def ws(trained) -> Path:
+    return trained
 
 
 def as_photo(image: np.ndarray, scale: int = 4, tint=(1.0, 0.9, 0.78), invert: bool = True) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_readme_has_the_user_sections_and_no_measurement_history():
     headings = re.findall(r"^## (.+)$", text, re.M)
     assert headings == ["What it is", "Set-up: the two commands", "The DAG", "Configuration", "Models",
                         "How to add a model", "Results", "Failure behaviour", "Orchestration", "Experiments"]
-    assert "docs/results/comparison.md" in text and "docs/results/HISTORY.md" in text
+    assert "docs/results/report/comparison.md" in text and "docs/results/HISTORY.md" in text
     # History (commits, before/after timings, older runs' figures) belongs in docs/results/, not here.
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b", prose), "the README cites a commit"

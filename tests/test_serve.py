@@ -21,7 +21,7 @@ from pipeline import io
 from pipeline.models import registry
 from pipeline.schema import CLASS_NAMES
 from pipeline.serve import create_app
-from tests._trained import MODELS, SEED, trained_workspace
+from tests._trained import MODELS, SEED
 from tests.conftest import REPO
 from tests.test_predict import as_photo, png_bytes
 
@@ -33,8 +33,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, fmnist, small_split) -> Path:
-    return trained_workspace(tmp_path_factory, fmnist, small_split)
+def ws(trained) -> Path:
+    return trained
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,9 @@ def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/install-system-deps.sh installs it)")
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`scripts/install-system-deps.sh --test`, "
+                                             "which `make test` runs, installs it)")
 def test_page_in_headless_chromium_shows_the_top_3(server, tmp_path):
     import httpx
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.data.content import CAUSES, UNKNOWN
 from pipeline.data.validate.expectations import CONTENT_CHECKS, DRIFT_STATISTICS, share_bounds
 from pipeline.data.validate.report import json_safe
 from pipeline.data.validate.summaries import Summaries
@@ -196,17 +197,10 @@ def _explain_drift(split: str, column: str, result: dict, summ: Summaries,
                  "looks_like": r["looks_like"]} for _, r in bad.iterrows()]
     shown = examples[:params.max_examples]
     text = "; ".join(f"'{e['name']}' {e[column]:.3f}" for e in shown) + (" ..." if len(examples) > len(shown) else "")
-    from pipeline.data.content import LOOKS_LIKE_CLASS
-
-    guesses = sorted({e["looks_like"] for e in examples
-                      if e["looks_like"] and not e["looks_like"].startswith(LOOKS_LIKE_CLASS)})
-    swapped = [f"'{e['name']}' looks like '{e['looks_like'][len(LOOKS_LIKE_CLASS):]}'" for e in examples
-               if e["looks_like"].startswith(LOOKS_LIKE_CLASS)]
-    if swapped:
-        guesses.append(f"labels permuted ({', '.join(swapped[:3])}{' ...' if len(swapped) > 3 else ''})")
+    diagnosis = summ.diagnosis or {}      # a cause is named only where content.diagnose found one that fits
+    cause = f"the data look like: {diagnosis['message']}" if diagnosis.get("cause") in CAUSES else UNKNOWN
     msg = (f"{split}: {what} above {limit:g} in {len(examples)} of {int(drift[column].notna().sum())} classes "
-           f"judged, against the reference profile {params.drift['reference']}: {text}"
-           + (f"; the data look like: {'; '.join(guesses)}" if guesses else ""))
+           f"judged, against the reference profile {params.drift['reference']}: {text}; {cause}")
     if params.drift["on_exceed"] == "warn":
         msg += " [warning]"
     return msg, {"unexpected_count": len(examples)}, examples

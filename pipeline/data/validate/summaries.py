@@ -14,7 +14,8 @@ Content (pipeline.data.content computes it with numpy; these frames carry it int
                constant, saturated) and, for the test split, in_train / near_train (a training row identical
                to it / within the near-duplicate distance, or -1) and near_rms
 - `drift`      one row per class: rows, pixel_js, mean_image_rmse, intensity_psi against the reference
-               profile (null for classes too small to judge)
+               profile (null for classes too small to judge) and looks_like (the class's part of the split's
+               diagnosis, content.diagnose, which the report keeps as summary.content.drift.diagnosis)
 
 NaN floats count as nulls (Arrow keeps them apart; we do not). Row numbers are 0-based positions in the
 Parquet file, which keeps the CSV's order: CSV line = row + 2.
@@ -39,6 +40,7 @@ class Summaries:
     table: pa.Table
     frames: dict[str, Any]  # name -> pandas.DataFrame
     images: Any = None      # the (N, 784) uint8 pixels once content_frames has extracted them
+    diagnosis: dict | None = None   # content.diagnose's verdict on the split's drift, once content_frames has run
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -194,8 +196,11 @@ def content_frames(summ: Summaries, params: ValidateParams, train_images: np.nda
                 "closest_pairs": [{"row": int(i), "train_row": int(near[i]), "rms": round(float(rms[i]), 4)}
                                   for i in closest]}
         if profile is not None:
-            drift_rows = content.drift(x, y, profile, int(params.drift["min_class_rows"]))
-            summary["drift"] = {"reference": str(params.drift["reference"]), "classes": drift_rows}
+            min_rows = int(params.drift["min_class_rows"])
+            summ.diagnosis = content.diagnose(x, y, profile, min_rows)
+            drift_rows = content.drift(x, y, profile, min_rows, summ.diagnosis["looks_like"])
+            summary["drift"] = {"reference": str(params.drift["reference"]), "classes": drift_rows,
+                                "diagnosis": {k: summ.diagnosis[k] for k in ("cause", "message", "statistics")}}
     summ.frames["content"] = frame
     summ.frames["drift"] = pd.DataFrame(drift_rows, columns=["class", "name", "rows", "pixel_js", "mean_image_rmse",
                                                              "intensity_psi", "looks_like"])
