@@ -17,7 +17,7 @@ from pipeline.data.fetch import to_kaggle_table
 from pipeline.data.validate.gate import load_reference, validate_table, validate_tables
 from pipeline.params import ValidateParams
 from pipeline.schema import CLASS_NAMES
-from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
+from tests.conftest import REPO, call_cli, run_cli, shipped_params, shipped_validate_params
 
 TRAIN, TEST = 3000, 2000      # >= 150 rows per class, so every class's drift is judged
 
@@ -216,13 +216,13 @@ def test_cli_rejects_inverted_images_with_exit_3_and_keeps_the_last_good_report(
     pq.write_table(to_kaggle_table(real["xt"], real["yt"]), interim / "test.parquet")
     args = ("validate", "--interim", "data/interim", "--report", "data/validation/report.json",
             "--docs", "data/validation/docs")
-    good = run_cli(*args, cwd=tmp_path)
+    good = call_cli(*args, cwd=tmp_path)   # in process: test_validate runs the real command
     assert good.returncode == 0, good.stderr
     assert (tmp_path / "data/validation/docs/near_duplicates.png").read_bytes()[:4] == b"\x89PNG"
     before = {p: p.read_bytes() for p in (tmp_path / "data/validation").rglob("*") if p.is_file()}
 
     pq.write_table(to_kaggle_table(255 - real["xt"], real["yt"]), interim / "test.parquet")
-    bad = run_cli(*args, cwd=tmp_path)
+    bad = call_cli(*args, cwd=tmp_path)
     assert bad.returncode == 3, bad.stderr
     assert "test: mean-image RMS difference above 0.08 in 10 of 10 classes" in bad.stderr
     assert "inverted images (255 - value)" in bad.stderr and "Traceback" not in bad.stderr

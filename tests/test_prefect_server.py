@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 TRAIN_CSV = Path("source/fashion-mnist_train.csv")
 PIPELINE = ("fmnist-pipeline", "on-dataset-change")
 WATCHER = ("fmnist-dataset-watcher", "scheduled")
-INTERVAL_S = 10          # the watcher's schedule
+INTERVAL_S = 4           # the watcher's schedule
 TEST_BUDGET_S = 600      # a bound on every wait (so a hang fails), not a speed requirement
 
 
@@ -135,7 +135,7 @@ def test_served_deployments_react_to_a_changed_data_slice(data_workspace, tmp_pa
     api_url = f"http://127.0.0.1:{port}/api"
     env = dvc_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api_url,
                   PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_UI_ENABLED="false",
-                  PREFECT_RUNNER_POLL_FREQUENCY="2", PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
+                  PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
     env.pop("PREFECT_PROFILES_PATH", None)
     server = serve = None
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"

@@ -144,6 +144,7 @@ def _writing(interim: Path, old: dict[str, tuple]) -> bool:
     return False
 
 
+@pytest.mark.slow   # full-size CSVs, killed mid-write four times
 def test_sigkill_during_ingest_never_leaves_a_partial_output(tmp_path, fmnist, full_size_csvs):
     ws = tmp_path / "ws"
     write_csv_slice(fmnist, ws / "data/raw", 1000, 300)

@@ -142,6 +142,7 @@ def test_tf_data_pipeline_shows_every_image_once_per_epoch_in_a_new_order(small_
     assert not np.array_equal(passes[0][0], passes[1][0]) and not np.array_equal(passes[1][0], passes[2][0])
 
 
+@pytest.mark.slow   # two whole trainings, compared bit for bit
 def test_keras_training_is_bit_reproducible_on_one_machine(split_dir, tmp_path):
     """The README promises it: same seed, data and machine -> identical weights (oneDNN kernels on)."""
     weights = []

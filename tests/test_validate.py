@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.params import ValidateParams
 from pipeline.schema import CSV_COLUMNS
 
-from tests.conftest import REPO, run_cli, shipped_params, shipped_validate_params
+from tests.conftest import REPO, call_cli, run_cli, shipped_params, shipped_validate_params
 
 TRAIN_ROWS, TEST_ROWS = 2000, 1000
 
@@ -184,7 +184,7 @@ def test_cli_failure_keeps_previous_good_outputs(tables, tmp_path):
     write_params(tmp_path / "params.yaml")
     args = ("validate", "--params", "params.yaml", "--interim", "data/interim",
             "--report", "data/validation/report.json", "--docs", "data/validation/docs")
-    good = run_cli(*args, cwd=tmp_path)
+    good = call_cli(*args, cwd=tmp_path)   # in process; the failing run below is the real command
     assert good.returncode == 0, good.stderr
     report_path = tmp_path / "data/validation/report.json"
     docs = tmp_path / "data/validation/docs"
