@@ -113,6 +113,16 @@ def run_cli(*args: str, cwd: Path | str = REPO, check: bool = False, timeout: in
     return proc
 
 
+def set_dotted(params: dict, changes: dict) -> None:
+    """Set `changes` (dotted keys such as "models.svc.C" -> values) in a params mapping, in place."""
+    for key, value in changes.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+
 def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int = 300,
                    params_overrides: dict | None = None) -> Path:
     """A throw-away git+DVC workspace with the repo's dvc.yaml/params.yaml over a real CSV slice in `source/`
@@ -135,12 +145,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
     params["validate"]["class_share_tolerance"] = 0.05
     params["split"]["train_size"] = int(train_rows * 0.8)
     params["split"]["val_size"] = train_rows - int(train_rows * 0.8)
-    for key, value in (params_overrides or {}).items():
-        node = params
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_dotted(params, params_overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
@@ -162,12 +167,7 @@ MODELS = ["gaussian-nb", "decision-tree"]           # the two fastest registered
 def set_params(ws: Path, **changes) -> None:
     """Edit params.yaml by hand, as a user would: dotted keys -> new values."""
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_dotted(params, changes)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
