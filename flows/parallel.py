@@ -44,9 +44,8 @@ from pipeline.errors import PipelineError
 from pipeline.io import write_text
 
 from flows.dag import Stage
-from flows.dvc_env import dvc_env
+from flows.dvc import RUNNING_GROUPS, dvc_env, run_dvc, run_dvc_stage
 from flows.failures import raise_for_failure, retry_if_transient, step_failed
-from flows.pipeline_flow import run_dvc, run_dvc_stage
 
 DASK_LOGS = Path(__file__).with_name("dask_logs.py")   # a worker preload, by path
 # The thread pools a stage's libraries size from the environment: BLAS/OpenMP (numpy, scikit-learn),
@@ -329,10 +328,8 @@ def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, loc
 
 def stop_stage_processes() -> int:
     """Stop the DVC commands this worker process started (run through `client.run` when a run is interrupted)."""
-    from flows import pipeline_flow
-
     stopped = 0
-    for pgid in list(pipeline_flow.RUNNING_GROUPS):
+    for pgid in list(RUNNING_GROUPS):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGINT)
             stopped += 1

@@ -9,15 +9,58 @@ A failed stage stops only the stages downstream of it.
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger, task
+from prefect.states import Completed
+
 from flows.dag import Stage
-from flows.failures import failed_status, failure_of, step_failed
+from flows.failures import (failed_status, failure_of, raise_for_failure, retry_if_transient, step_failed)
 from flows.parallel import (cluster_shape, default_remote_url, run_stage_on_worker, stage_resources,
                             stop_stage_processes, take_snapshot, wants_gpu)
-from flows.pipeline_flow import run_dvc, run_dvc_stage
+from flows.dvc import run_dvc, run_dvc_stage
 
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str          # "ran" | "restored" (from DVC's run cache) | "cached"
+    duration_s: float
+    returncode: int = 0
+
+
+@task(name="dvc-stage", retry_condition_fn=retry_if_transient, persist_result=False)
+def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool = False,
+              timeout_s: float | None = None):
+    """One DVC stage. Completed ("Cached" when DVC skipped it), or Failed with the stage's own error.
+
+    up_to_date: `dvc status` found this stage and all its upstream stages unchanged at the start of
+    the run; the `dvc repro` call (which would skip it) is then spared.
+    """
+    log = get_run_logger()
+    if up_to_date:   # the flow never sets it under --force (no dvc status then)
+        outcome = StageOutcome(stage=stage, status="cached", duration_s=0.0)
+        log.info("stage '%s' is up to date (dvc status): skipped", stage)
+        return Completed(name="Cached", message=f"dvc status: stage '{stage}' is up to date, skipped",
+                         data=asdict(outcome))
+    started = time.monotonic()
+    returncode, status, lines = run_dvc_stage(Path(workspace), stage, log=log, force=force, timeout_s=timeout_s)
+    duration = round(time.monotonic() - started, 2)
+    raise_for_failure(stage, returncode, status, lines, timeout_s, log)
+    outcome = StageOutcome(stage=stage, status=status, duration_s=duration)
+    if status == "cached":
+        log.info("stage '%s' is up to date in the DVC cache: skipped (%.1f s)", stage, duration)
+        return Completed(name="Cached", message=f"DVC: stage '{stage}' didn't change, skipped", data=asdict(outcome))
+    if status == "restored":
+        log.info("stage '%s' restored from DVC's run cache, nothing run (%.1f s)", stage, duration)
+        return Completed(name="Cached", message=f"DVC: stage '{stage}' restored from the run cache",
+                         data=asdict(outcome))
+    log.info("stage '%s' ran in %.1f s", stage, duration)
+    return Completed(message=f"DVC: stage '{stage}' ran in {duration:.1f} s", data=asdict(outcome))
 
 def _final_state(future):
     """The Prefect state a finished Dask future carries (prefect-dask submits with return_type="state")."""
@@ -34,8 +77,6 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
     workers' DVC commands are stopped, nothing more is recorded, and the interrupt propagates: the next run
     starts from what dvc.lock holds.
     """
-    from flows.pipeline_flow import run_stage   # (it imports this module)
-
     if runner is not None:
         remote_url = default_remote_url(ws)
         snapshot = take_snapshot(ws)

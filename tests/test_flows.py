@@ -139,7 +139,7 @@ def test_second_run_reports_every_stage_cached(ran_workspace):
 
 
 def test_no_op_run_makes_no_per_stage_dvc_call_and_a_change_reaches_only_its_stage(ran_workspace, monkeypatch):
-    import flows.pipeline_flow as pf
+    import flows.scheduler as pf   # the local stage task calls run_dvc_stage from there
 
     ws, _ = ran_workspace
     calls: list[str] = []
