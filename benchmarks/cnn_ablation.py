@@ -23,7 +23,7 @@ from pipeline import io
 from pipeline.models.cnn import INPUT_SHAPE
 from pipeline.models.registry import preprocess
 from pipeline.schema import IMAGE_SIDE, N_CLASSES
-from pipeline.train import _datasets
+from pipeline.training.train import _datasets
 
 REPO = Path(__file__).resolve().parents[1]
 

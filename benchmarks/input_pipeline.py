@@ -1,5 +1,5 @@
 """Images/s of our training input pipeline (tf.data: cache -> shuffle -> batch -> scale/one-hot ->
-repeat -> prefetch, as in pipeline/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one
+repeat -> prefetch, as in pipeline/training/train.py) vs plain model.fit on pre-scaled NumPy arrays, for one
 paper CNN, side by side in one run.
 
     python benchmarks/input_pipeline.py [--model paper-b-cnn] [--n 12000] [--repeats 3] [--data DIR]
@@ -38,7 +38,7 @@ def load(data: Path, n: int):
 def epoch_times(name: str, x, y, batch_size: int, repeats: int, use_tf_data: bool, seed: int = 0) -> list[float]:
     import keras
 
-    from pipeline import train
+    from pipeline.training import train
     from pipeline.models import registry
 
     spec = registry.get(name)

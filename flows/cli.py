@@ -11,7 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 import flows  # noqa: F401  (sets the Prefect/DVC environment defaults before prefect is imported)
+from flows.failures import ValidationGateFailed
 
 
 def _positive_int(text: str) -> int:
@@ -62,10 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int:
-    from pipeline.errors import PipelineError
-
-    from flows.failures import ValidationGateFailed
-
     if isinstance(exc, ValidationGateFailed):
         return 3
     if isinstance(exc, PipelineError):
@@ -78,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     workspace = args.workspace.resolve()
     try:
         if args.command == "run":
-            from flows.pipeline_flow import pipeline_flow
+            from flows.pipeline_flow import pipeline_flow   # Prefect loads lazily
 
             pipeline_flow(workspace=str(workspace), targets=args.targets, retries=args.retries, force=args.force,
                           workers=args.workers, dask_address=args.dask_address)
         elif args.command == "watch":
             import time
 
-            from flows.watcher import watcher_flow
+            from flows.watcher import watcher_flow   # Prefect loads lazily
 
             if args.once:
                 watcher_flow(workspace=str(workspace), mode="run", targets=args.targets)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error [watch]: {exc}", file=sys.stderr)
                 time.sleep(args.every)
         else:
-            from flows.deployments import serve
+            from flows.deployments import serve   # Prefect loads lazily
 
             serve(workspace, cron=args.cron, interval=args.interval, targets=args.targets, check_now=args.check_now)
     except KeyboardInterrupt:

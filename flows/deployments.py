@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import DATASET_CHANGED_EVENT
+from flows.pipeline_flow import pipeline_flow
+from flows.watcher import resource_id, watcher_flow
 
 DEFAULT_CRON = "*/30 * * * *"
 log = logging.getLogger("flows.serve")
@@ -48,9 +50,6 @@ def build_deployments(workspace: Path, cron: str | None = None, interval: float 
                       targets: list[str] | None = None) -> list:
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    from flows.pipeline_flow import pipeline_flow
-    from flows.watcher import resource_id, watcher_flow
-
     ws = str(workspace)
     schedule = {"interval": timedelta(seconds=interval)} if interval else {"cron": cron or DEFAULT_CRON}
     watcher = watcher_flow.to_deployment(
@@ -77,7 +76,6 @@ def _next_time(cron: str | None, interval: float | None, after: datetime) -> dat
 
 def _local_ticker(workspace: Path, cron: str | None, interval: float | None, targets, stop: threading.Event) -> None:
     """Ephemeral mode: run the watcher (event mode) on the schedule from this process."""
-    from flows.watcher import watcher_flow
 
     while not stop.is_set():
         now = datetime.now(timezone.utc)
@@ -122,8 +120,6 @@ def serve(workspace: Path, cron: str | None = None, interval: float | None = Non
 def _serve(workspace: Path, deployments: list, cron, interval, targets, check_now: bool, *, ephemeral: bool,
            stop: threading.Event) -> None:
     from prefect import serve as prefect_serve
-
-    from flows.watcher import watcher_flow
 
     if check_now or ephemeral:
         def tick() -> None:

@@ -27,6 +27,7 @@ WIDE_COLUMNS = "1000"
 _DVC_LOCK = threading.Lock()   # one DVC call at a time in this process, whatever the task runner
 RUNNING_GROUPS: set[int] = set()   # process groups of the DVC commands running now (flows.parallel stops them)
 
+
 def dvc_executable() -> str:
     """The `dvc` next to this interpreter (the venv's), else the one on PATH."""
     candidate = Path(sys.executable).parent / "dvc"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import io
+from pipeline.data.fetch import IDX_NAMES
 from pipeline.errors import PipelineError
+from pipeline.params import FetchParams, section
 
 from flows import STATE_DIR
 
@@ -50,7 +52,6 @@ def save_state(workspace: str | os.PathLike, **updates: Any) -> dict[str, Any]:
 
 def configured_source(workspace: str | os.PathLike) -> tuple[str, float]:
     """`fetch.source` (relative paths resolved against the workspace, as DVC runs there) and `fetch.timeout_s`."""
-    from pipeline.params import FetchParams, section
 
     params = section(FetchParams, "fetch", path=Path(workspace) / "params.yaml")
     source = params.source
@@ -90,7 +91,6 @@ def fingerprint_dir(directory: Path, previous: dict[str, Any] | None = None) -> 
 
 
 def fingerprint_url(base_url: str, timeout_s: float) -> dict[str, Any]:
-    from pipeline.data.fetch import IDX_NAMES
 
     base = base_url if base_url.endswith("/") else base_url + "/"
     files: dict[str, dict[str, Any]] = {}

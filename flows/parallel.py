@@ -42,7 +42,9 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_text
+from pipeline.models import registry
 
+from flows import dask_logs
 from flows.dag import Stage
 from flows.dvc import RUNNING_GROUPS, dvc_env, run_dvc, run_dvc_stage
 from flows.failures import raise_for_failure, retry_if_transient, step_failed
@@ -143,8 +145,6 @@ def local_cluster(n_workers: int, prefect_api_url: str | None = None):
     threads than the machine has. `prefect_api_url`: the running flow's API, so that the workers of an
     ephemeral run report to it instead of starting Prefect servers of their own."""
     from distributed import Scheduler, SpecCluster
-
-    from flows import dask_logs
 
     class Cluster(SpecCluster):
         # distributed serves HTTP on 127.0.0.1 even with dashboard_address=None (that leaves out only the Bokeh
@@ -338,7 +338,6 @@ def stop_stage_processes() -> int:
 
 def wants_gpu(stage: str) -> bool:
     """Training and evaluating a Keras model use a GPU where a worker has one (the registry says which are)."""
-    from pipeline.models import registry
 
     family, _, item = stage.partition("@")
     if family not in ("train", "evaluate") or not item:

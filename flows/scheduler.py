@@ -18,11 +18,10 @@ from prefect import get_run_logger, task
 from prefect.states import Completed
 
 from flows.dag import Stage
-from flows.failures import (failed_status, failure_of, raise_for_failure, retry_if_transient, step_failed)
+from flows.dvc import run_dvc, run_dvc_stage
+from flows.failures import failed_status, failure_of, raise_for_failure, retry_if_transient, step_failed
 from flows.parallel import (cluster_shape, default_remote_url, run_stage_on_worker, stage_resources,
                             stop_stage_processes, take_snapshot, wants_gpu)
-from flows.dvc import run_dvc, run_dvc_stage
-
 
 
 @dataclass
@@ -61,6 +60,7 @@ def run_stage(workspace: str, stage: str, force: bool = False, up_to_date: bool 
                          data=asdict(outcome))
     log.info("stage '%s' ran in %.1f s", stage, duration)
     return Completed(message=f"DVC: stage '{stage}' ran in {duration:.1f} s", data=asdict(outcome))
+
 
 def _final_state(future):
     """The Prefect state a finished Dask future carries (prefect-dask submits with return_type="state")."""

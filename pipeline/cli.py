@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.io import workspace_lock
@@ -26,35 +24,16 @@ STAGES = {
     "convert": ("pipeline.data.convert", "validated Parquet -> model-ready arrays"),
     "images": ("pipeline.data.images", "optional PNG tree images/<split>/<class>/<index>.png"),
     "split": ("pipeline.data.split", "stratified, seeded train/validation split"),
-    "train": ("pipeline.train", "train one registered model"),
-    "evaluate": ("pipeline.evaluate", "evaluate one trained model on the official test set"),
+    "train": ("pipeline.training.train", "train one registered model"),
+    "evaluate": ("pipeline.training.evaluate", "evaluate one trained model on the official test set"),
     "publish": ("pipeline.publish", "comparison tables (ours vs published) and plots"),
     "profile": ("pipeline.data.profile", "rebuild the data gate's reference profile from the official files"),
-    "predict": ("pipeline.predict", "predict images, a directory, a Kaggle CSV or an NPZ with a trained model"),
-    "export": ("pipeline.export", "export a trained Keras model to ONNX, checked against Keras on test images"),
-    "serve": ("pipeline.serve", "HTTP service: POST /predict, GET /models, and a page to try a model on an image"),
+    "predict": ("pipeline.serving.predict", "predict images, a directory, a Kaggle CSV or an NPZ with a trained model"),
+    "export": ("pipeline.serving.export", "export a trained Keras model to ONNX, checked against Keras on test images"),
+    "serve": ("pipeline.serving.serve", "HTTP service: POST /predict, GET /models, and a page to try a model on an image"),
 }
 # Commands that only read the workspace: they run beside a `dvc repro` (serve for hours) without its lock.
 READ_ONLY = frozenset({"predict", "serve"})
-
-
-def dvc_option(stage: str, option: str, dvc_file: str | Path = "dvc.yaml") -> Path:
-    """The path dvc.yaml's `stage` command passes as `option`, for a hand-run stage that omits it.
-
-    dvc.yaml is the one home of the pipeline's paths, so the CLI reads them from there instead of repeating them.
-    """
-    from pipeline import dvc_yaml
-
-    dvc_file = Path(dvc_file)
-    if not dvc_file.exists():
-        raise PipelineError(f"{option} not given, and {dvc_file} (where the {stage} stage's paths live) not found",
-                            hint=f"pass {option}, or run from the repository root")
-    words = shlex.split(dvc_yaml.command(dvc_file, stage))
-    at = words.index(option) + 1 if option in words else len(words)
-    if at >= len(words) or "${" in words[at]:
-        raise PipelineError(f"{dvc_file}: the {stage} stage's command passes no fixed {option}",
-                            hint=f"pass {option}")
-    return Path(words[at])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,12 @@ a hand-run stage omits) and flows.dag (where a stage writes). DVC's own index (f
 
 from __future__ import annotations
 
+import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import PipelineError
 
 OUTPUT_KINDS = ("outs", "metrics", "plots")
 
@@ -39,3 +42,20 @@ def command(dvc_file: str | Path, stage: str) -> str:
     """The stage's `cmd` as one string ("" when the stage or its command is absent)."""
     cmd = (stages(dvc_file).get(stage) or {}).get("cmd", "")
     return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def command_option(stage: str, option: str, dvc_file: str | Path = "dvc.yaml") -> Path:
+    """The path dvc.yaml's `stage` command passes as `option`, for a hand-run stage that omits it.
+
+    dvc.yaml is the one home of the pipeline's paths, so the CLI reads them from there instead of repeating them.
+    """
+    dvc_file = Path(dvc_file)
+    if not dvc_file.exists():
+        raise PipelineError(f"{option} not given, and {dvc_file} (where the {stage} stage's paths live) not found",
+                            hint=f"pass {option}, or run from the repository root")
+    words = shlex.split(command(dvc_file, stage))
+    at = words.index(option) + 1 if option in words else len(words)
+    if at >= len(words) or "${" in words[at]:
+        raise PipelineError(f"{dvc_file}: the {stage} stage's command passes no fixed {option}",
+                            hint=f"pass {option}")
+    return Path(words[at])

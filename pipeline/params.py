@@ -175,7 +175,7 @@ class TrainParams:
     exact_gradient_boosting: bool
     # Keras mixed_float16 training: "auto" = on when the backend sees a GPU with float16 Tensor Cores (compute
     # capability 7.0+, or unknown); true = on whenever a GPU is visible; false = off. Never on CPU
-    # (pipeline.train.resolve_mixed_precision).
+    # (pipeline.training.train.resolve_mixed_precision).
     mixed_precision: Literal[True, False, "auto"]
     # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
     tf_data: bool

@@ -52,9 +52,9 @@ def snapshot(workspace: Path, dest: Path = SNAPSHOT) -> list[Path]:
     """Copy the publish inputs of `workspace`'s last run into `dest` (replaced whole); return the files written."""
     from pipeline import io
     from pipeline.errors import PipelineError
-    from pipeline.evaluate import output_paths
+    from pipeline.runs import output_paths
     from pipeline.params import TrainParams, build, load_params
-    from pipeline.train import run_dir
+    from pipeline.runs import run_dir
 
     argv = publish_command(workspace / "dvc.yaml")
     train = build(TrainParams, load_params(workspace / "params.yaml")["train"], "train")

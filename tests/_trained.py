@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import evaluate as ev
-from pipeline import io, publish, train
+from pipeline.training import evaluate as ev
+from pipeline import io, publish
+from pipeline.training import train
 from pipeline.data.split import class_counts
 from tests.conftest import REPO, shipped_hyperparams
 

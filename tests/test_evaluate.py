@@ -12,7 +12,8 @@ import yaml
 from sklearn import metrics as skm
 from sklearn.naive_bayes import GaussianNB
 
-from pipeline import evaluate as ev
+from pipeline import metrics
+from pipeline.training import evaluate as ev
 from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.models import registry
@@ -31,18 +32,18 @@ def nb_case(small_split):
 
 def test_accuracy_confusion_and_report_match_sklearn(nb_case):
     y, probs, pred, _ = nb_case
-    assert ev.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
-    cm = ev.confusion_matrix(y, pred)
+    assert metrics.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
+    cm = metrics.confusion_matrix(y, pred)
     np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(10)))
-    assert cm.shape == (10, 10) and ev.confusion_matrix(y[:3], pred[:3]).shape == (10, 10)  # absent classes too
-    report = ev.per_class_report(y, pred)
+    assert cm.shape == (10, 10) and metrics.confusion_matrix(y[:3], pred[:3]).shape == (10, 10)  # absent classes too
+    report = metrics.per_class_report(y, pred)
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=range(10), zero_division=0)
     for i, name in enumerate(CLASS_NAMES):
         assert report[name]["precision"] == pytest.approx(p[i])
         assert report[name]["recall"] == pytest.approx(r[i])
         assert report[name]["f1"] == pytest.approx(f[i])
         assert report[name]["support"] == s[i]
-    macro = ev.macro_average(report)
+    macro = metrics.macro_average(report)
     assert macro["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
 
 
@@ -50,7 +51,7 @@ def test_report_zero_division_matches_sklearn():
     # class 2 is never predicted and class 3 never occurs: sklearn's zero_division=0 convention
     y = np.array([0, 0, 1, 1, 2, 2, 2])
     pred = np.array([0, 1, 1, 1, 0, 1, 3])
-    report = ev.per_class_report(y, pred)
+    report = metrics.per_class_report(y, pred)
     p, r, f, _ = skm.precision_recall_fscore_support(y, pred, labels=range(10), zero_division=0)
     assert [report[n]["precision"] for n in CLASS_NAMES] == pytest.approx(p)
     assert [report[n]["recall"] for n in CLASS_NAMES] == pytest.approx(r)
@@ -60,22 +61,22 @@ def test_report_zero_division_matches_sklearn():
 @pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
 def test_log_loss_matches_sklearn(nb_case):
     y, probs, _, _ = nb_case
-    assert ev.log_loss(y, probs) == pytest.approx(skm.log_loss(y, probs, labels=range(10)), rel=1e-6)  # float32 sums
+    assert metrics.log_loss(y, probs) == pytest.approx(skm.log_loss(y, probs, labels=range(10)), rel=1e-6)  # float32 sums
     as64 = probs.astype(np.float64)  # the clipping eps follows the dtype, as in scikit-learn
-    assert ev.log_loss(y, as64) == pytest.approx(skm.log_loss(y, as64, labels=range(10)), rel=1e-9)
+    assert metrics.log_loss(y, as64) == pytest.approx(skm.log_loss(y, as64, labels=range(10)), rel=1e-9)
     hand = np.array([[0.7, 0.2, 0.1] + [0] * 7, [0.1, 0.8, 0.1] + [0] * 7])
-    assert ev.log_loss(np.array([0, 2]), hand) == pytest.approx(-(math.log(0.7) + math.log(0.1)) / 2)
+    assert metrics.log_loss(np.array([0, 2]), hand) == pytest.approx(-(math.log(0.7) + math.log(0.1)) / 2)
 
 
 def test_one_hot_votes_get_no_log_loss():
     y = np.array([0, 1, 2, 3])
     one_hot = np.eye(10, dtype=np.float32)[[0, 1, 2, 9]]
-    assert ev.is_one_hot(one_hot)
+    assert metrics.is_one_hot(one_hot)
     result = ev.evaluate_predictions(y, one_hot)
     assert result["log_loss"] is None and result["probabilities"].startswith("one-hot")
     assert result["accuracy"] == 0.75 and result["correct"] == 3 and result["errors"] == 1
     soft = np.full((4, 10), 0.1)
-    assert not ev.is_one_hot(soft) and ev.evaluate_predictions(y, soft)["log_loss"] == pytest.approx(math.log(10))
+    assert not metrics.is_one_hot(soft) and ev.evaluate_predictions(y, soft)["log_loss"] == pytest.approx(math.log(10))
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -85,16 +86,16 @@ def test_one_hot_votes_get_no_log_loss():
     (9256, 10000, 0.92030, 0.93060),       # paper B's 92.56% on 10k images
 ])
 def test_wilson_interval_known_values(k, n, low, high):
-    lo, hi = ev.wilson_interval(k, n)
+    lo, hi = metrics.wilson_interval(k, n)
     assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
     assert lo <= k / n <= hi
 
 
 def test_wilson_interval_rejects_bad_input():
     with pytest.raises(ValueError):
-        ev.wilson_interval(5, 0)
+        metrics.wilson_interval(5, 0)
     with pytest.raises(ValueError):
-        ev.wilson_interval(11, 10)
+        metrics.wilson_interval(11, 10)
 
 
 def test_mcnemar_hand_checked_table():
@@ -102,25 +103,25 @@ def test_mcnemar_hand_checked_table():
     y = np.zeros(10, dtype=int)
     a = np.array([0, 1, 1, 1, 1, 1, 1, 0, 0, 0])
     b = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-    result = ev.mcnemar(y, a, b)
+    result = metrics.mcnemar(y, a, b)
     assert (result["b"], result["c"]) == (1, 6)
     assert result["p_exact"] == pytest.approx(2 * (1 + 7) / 2 ** 7)        # = 0.125
     assert result["chi2_cc"] == pytest.approx((abs(1 - 6) - 1) ** 2 / 7)     # = 16/7
     assert result["p_chi2_cc"] == pytest.approx(0.13057, abs=1e-4)
-    swapped = ev.mcnemar(y, b, a)
+    swapped = metrics.mcnemar(y, b, a)
     assert (swapped["b"], swapped["c"]) == (6, 1) and swapped["p_exact"] == pytest.approx(result["p_exact"])
-    same = ev.mcnemar(y, a, a)
+    same = metrics.mcnemar(y, a, a)
     assert same["p_exact"] == 1.0 and same["b"] == same["c"] == 0
 
 
 def test_holm_adjustment():
-    assert ev.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert ev.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert metrics.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert metrics.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_throughput_skips_warmup_batch():
-    assert ev.throughput([(4, 10.0), (4, 1.0), (4, 1.0), (2, 0.5)], 4) == pytest.approx(4.0)
-    assert ev.throughput([(3, 1.5)], 4) == pytest.approx(2.0)  # too few full batches: use all
+    assert metrics.throughput([(4, 10.0), (4, 1.0), (4, 1.0), (2, 0.5)], 4) == pytest.approx(4.0)
+    assert metrics.throughput([(3, 1.5)], 4) == pytest.approx(2.0)  # too few full batches: use all
 
 
 def _write_nb_model(model_dir, model, name="gaussian-nb"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.export import INPUT_NAME, META_FILE, ONNX_FILE
+from pipeline.serving.export import INPUT_NAME, META_FILE, ONNX_FILE
 from pipeline.models import registry
 from pipeline.schema import CLASS_NAMES
 from tests._trained import SEED

@@ -125,7 +125,7 @@ def test_gpu_lock_is_the_cpu_lock_with_the_cuda_build_of_tensorflow():
     (True, "Tesla P100-PCIE-16GB", (6, 0), True),      # ... unless forced
 ])
 def test_mixed_precision_resolution(setting, device, capability, on):
-    from pipeline.train import resolve_mixed_precision
+    from pipeline.training.train import resolve_mixed_precision
 
     use, why = resolve_mixed_precision(setting, device, capability)
     assert use is on and why.startswith("on" if on else "off")
@@ -148,7 +148,7 @@ def test_keras_trains_in_mixed_float16_when_a_gpu_is_reported(small_split, monke
     import keras
 
     from conftest import shipped_hyperparams
-    from pipeline import train
+    from pipeline.training import train
     from pipeline.models import registry
 
     monkeypatch.setattr(train, "detect_device", lambda: "NVIDIA H200 (faked)")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import io
-from pipeline.evaluate import confusion_matrix
-from pipeline.model_card import confused_pairs
+from pipeline.metrics import confusion_matrix
+from pipeline.publish.model_card import confused_pairs
 from pipeline.schema import CLASS_NAMES
 from tests._trained import MODELS, SEED
 

@@ -334,7 +334,7 @@ def test_snapshot_ships_what_git_would_commit_and_workers_cache_every_output(tmp
     import tarfile
 
     names = set(tarfile.open(fileobj=io.BytesIO(snapshot.archive)).getnames())
-    assert {"dvc.yaml", "params.yaml", ".dvc/config", "pipeline/train.py"} <= names
+    assert {"dvc.yaml", "params.yaml", ".dvc/config", "pipeline/training/train.py"} <= names
     assert "data/raw/big.csv" not in names and "dvc.lock" not in names
     assert take_snapshot(ws).digest == snapshot.digest, "the same sources give the same snapshot"
     copy = tmp_path / "dvc.yaml"

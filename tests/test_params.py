@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.export import ExportParams
+from pipeline.serving.export import ExportParams
 from pipeline.models import registry
 from pipeline.params import (
     ConvertParams, EvaluateParams, FetchParams, OrchestrationParams, PublishParams, SplitParams, TrainParams,
     ValidateParams, section,
 )
-from pipeline.predict import PredictParams
-from pipeline.serve import ServeParams
+from pipeline.serving.predict import PredictParams
+from pipeline.serving.serve import ServeParams
 
 from tests.conftest import REPO, run_cli, shipped_params
 
@@ -143,7 +143,8 @@ def test_data_stage_paths_come_only_from_dvc_yaml(stage):
     """The data stages take no path defaults (fetch reads its --out from dvc.yaml): dvc.yaml passes them."""
     import importlib
 
-    from pipeline.cli import STAGES, build_parser, dvc_option
+    from pipeline.cli import STAGES, build_parser
+    from pipeline.dvc_yaml import command_option
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "stage").choices[stage]
@@ -152,13 +153,13 @@ def test_data_stage_paths_come_only_from_dvc_yaml(stage):
         action = next(a for a in sub._actions if option in a.option_strings)
         assert action.default is None, f"{stage} {option}: a path default repeats dvc.yaml"
     if stage == "fetch":
-        assert dvc_option("fetch", "--out", REPO / "dvc.yaml") == Path(_dvc_cmd_options("fetch")["--out"])
+        assert command_option("fetch", "--out", REPO / "dvc.yaml") == Path(_dvc_cmd_options("fetch")["--out"])
 
 
 def test_user_command_path_defaults_agree_with_dvc_yaml():
     """predict/serve/export are run by hand (README) where no dvc.yaml need be: their defaults must be
     the paths dvc.yaml gives the stages that write what they read."""
-    from pipeline import export, predict, serve
+    from pipeline.serving import export, predict, serve
     from pipeline.cli import build_parser
 
     evaluate, publish = _dvc_cmd_options("evaluate"), _dvc_cmd_options("publish")

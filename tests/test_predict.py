@@ -14,9 +14,9 @@ from PIL import Image
 
 from pipeline import io
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
-from pipeline.imaging import to_fashion_mnist, to_gray
+from pipeline.serving.imaging import to_fashion_mnist, to_gray
 from pipeline.models import registry
-from pipeline.predict import Item, predict_items, read_picture, top_k
+from pipeline.serving.predict import Item, predict_items, read_picture, top_k
 from pipeline.schema import CLASS_NAMES
 from tests._trained import SEED
 from tests.conftest import run_cli

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from pipeline import io, progress, train
+from pipeline import io, progress
+from pipeline.training import train
 from tests.conftest import shipped_hyperparams, shipped_section
 
 

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from sklearn.naive_bayes import GaussianNB
 
-from pipeline import evaluate as ev
+from pipeline import metrics
+from pipeline.training import evaluate as ev
 from pipeline import io, publish
 from pipeline.data.split import class_counts
 from pipeline.errors import PipelineError
@@ -49,7 +50,7 @@ def _history(name: str, family: str, epochs: int, seed: int) -> list[dict]:
 def build_workspace(root: Path, small_split, names: list[str], seeds: tuple[int, ...] = (42,)) -> dict[str, Path]:
     import skops.io as sio
 
-    from pipeline.train import run_dir
+    from pipeline.runs import run_dir
 
     (x, y), (xv, yv), (xt, yt) = small_split["train"], small_split["val"], small_split["test"]
     models_dir, metrics_dir = root / "models", root / "metrics"
@@ -211,7 +212,7 @@ def test_missing_metrics_fails_naming_the_model_and_keeps_reports(workspace, tmp
 
 
 def test_failure_mid_render_leaves_previous_reports_byte_identical(workspace, tmp_path, monkeypatch):
-    from pipeline import plots
+    from pipeline.publish import plots
 
     paths = _copy(workspace, tmp_path)
     before = snapshot(paths["out"])
@@ -361,14 +362,14 @@ def test_seed_spread_enters_the_claim_verdict(seeded):
 
 
 def test_the_interval_at_the_mean_over_seeds_is_the_evaluate_stages_wilson_interval(seeded):
-    # One home for the Wilson interval (pipeline.evaluate, scipy): publish's mean-over-seeds interval is it,
+    # One home for the Wilson interval (pipeline.training.evaluate, scipy): publish's mean-over-seeds interval is it,
     # at the mean correct count rounded to whole images.
     from pipeline.publish.results import load_results
 
     paths = seeded["paths"]
     (r,) = load_results(["gaussian-nb"], paths["metrics"], paths["models"], seeds=seeded["seeds"])
     n = int(r.metrics["test"]["n"])
-    low, high = ev.wilson_interval(int(round(r.accuracy / 100 * n)), n)
+    low, high = metrics.wilson_interval(int(round(r.accuracy / 100 * n)), n)
     assert r.ci95 == (100 * low, 100 * high)
 
 

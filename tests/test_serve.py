@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline import io
 from pipeline.models import registry
 from pipeline.schema import CLASS_NAMES
-from pipeline.serve import create_app
+from pipeline.serving.serve import create_app
 from tests._trained import MODELS, SEED
 from tests.conftest import REPO
 from tests.test_predict import as_photo, png_bytes

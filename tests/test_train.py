@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io, train
+from pipeline import io
+from pipeline.training import train
 from pipeline.errors import PipelineError
 from pipeline.models import registry
 from tests.conftest import run_cli, shipped_hyperparams, shipped_section

@@ -44,7 +44,7 @@ def run(workspace: Path, repeats: int, latency_calls: int = 50, batch_size: int 
         s.skipped = f"no trained CNN in {workspace / models} ({models}/<name>/seed-<seed>/model.keras + train.json)"
         return s
     name, model_dir, acc = found
-    from pipeline.evaluate import batch1_latency, predict_in_batches, throughput
+    from pipeline.metrics import batch1_latency, predict_in_batches, throughput
     from pipeline.models import registry
 
     x, _, source = test_arrays(workspace)

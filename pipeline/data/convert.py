@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.schema import IMAGE_SIDE, LABEL_COLUMN, PIXEL_COLUMNS, SPLITS
+from pipeline.schema import IMAGE_SIDE, LABEL_COLUMN, N_CLASSES, PIXEL_COLUMNS, SPLITS
 
 
 def table_to_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +25,19 @@ def table_to_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     for i, name in enumerate(PIXEL_COLUMNS):
         pixels[:, i] = table.column(name).to_numpy()
     return pixels.reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels
+
+
+def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One of this stage's files (x, y), checked: what evaluate, publish, export and serve read the test set with."""
+    data = io.load_arrays(path)
+    if "x" not in data or "y" not in data:
+        raise PipelineError(f"{path}: expected arrays `x` and `y`, found {sorted(data)}")
+    x, y = data["x"], data["y"]
+    if x.ndim != 3 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or len(x) != len(y) or len(y) == 0:
+        raise PipelineError(f"{path}: expected x of shape (N, 28, 28) and N labels, got {x.shape} and {y.shape}")
+    if y.min() < 0 or y.max() >= N_CLASSES:
+        raise PipelineError(f"{path}: labels must lie in 0..{N_CLASSES - 1}")
+    return x, y
 
 
 def require_passed(report_path: Path, interim_dir: Path) -> None:

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipeline import io
+from pipeline.dvc_yaml import command_option
 from pipeline.errors import PipelineError
+from pipeline.params import FetchParams, section
 from pipeline.schema import CSV_COLUMNS, CSV_NAMES, N_PIXELS, SPLITS
 
 IDX_NAMES = {
@@ -216,10 +218,8 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.cli import dvc_option
-    from pipeline.params import FetchParams, section
 
     params = section(FetchParams, "fetch", path=args.params)
     # dvc.yaml is the one home of the paths: a hand-run fetch writes where `dvc repro fetch` would.
-    out = args.out or dvc_option("fetch", "--out")
+    out = args.out or command_option("fetch", "--out")
     fetch(params.source, out, max_rows=params.max_rows, timeout_s=params.timeout_s)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import io
+from pipeline.params import ConvertParams, section
 from pipeline.schema import CLASS_SLUGS, SPLITS
 
 
@@ -54,7 +55,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import ConvertParams, section
 
     params = section(ConvertParams, "convert", path=args.params)
     with io.atomic_dir(args.out) as tmp:

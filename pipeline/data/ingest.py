@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.schema import CSV_COLUMNS, header_diff
+from pipeline.schema import CSV_COLUMNS, CSV_NAMES, header_diff
 
 BOM = b"\xef\xbb\xbf"
 # pyarrow's default null spellings that may appear in exported CSVs; they become nulls for validate.
@@ -294,6 +294,5 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.schema import CSV_NAMES
 
     ingest({split: args.raw / name for split, name in CSV_NAMES.items()}, args.out)

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import io
+from pipeline.data.content import build_profile
+from pipeline.data.fetch import load_idx_dir
+from pipeline.params import ValidateParams, section
 
 # Not params.yaml fetch.source: that is the data the gate judges (possibly a user's own files), while the
 # reference must come from the official files; this is where Debian's dataset-fashion-mnist installs them.
@@ -31,9 +34,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.data.content import build_profile
-    from pipeline.data.fetch import load_idx_dir
-    from pipeline.params import ValidateParams, section
 
     out = args.out or Path(section(ValidateParams, "validate", path=args.params).drift["reference"])
     data = load_idx_dir(args.source)

@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import io
 from pipeline.errors import PipelineError
+from pipeline.params import SplitParams, section
 from pipeline.schema import CLASS_NAMES, N_CLASSES
 
 
@@ -42,7 +43,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import SplitParams, section
 
     params = section(SplitParams, "split", path=args.params)
     data = io.load_arrays(args.processed / "train.npz")

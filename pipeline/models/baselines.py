@@ -1,30 +1,6 @@
-"""The 13 scikit-learn baselines of the original Fashion-MNIST benchmark (Xiao et al. 2017), each at
-the benchmark's best configuration, ported to scikit-learn 1.9 names.
-
-Every model is `Pipeline([StandardScaler(), classifier])` over flattened 784-pixel rows scaled to
-[0, 1] (the scaler is fitted on the training split only; the benchmark standardised too, and after
-standardisation the /255 is immaterial). Seeds are fixed (`random_state=seed`) wherever the
-estimator has randomness; `n_jobs` is set where scikit-learn parallelises.
-
-Ports and deviations (also recorded in each model's registry description):
-  * LogisticRegression(penalty='l1', C=1, multi_class='ovr'): `multi_class` was removed and
-    `penalty` is deprecated in 1.9 -> OneVsRestClassifier(LogisticRegression(l1_ratio=1.0,
-    solver='liblinear', C=1)). liblinear is the original benchmark's (sklearn 0.19) default solver.
-  * PassiveAggressiveClassifier(C=1): deprecated in 1.8, removed in 1.10. We use the documented
-    equivalent SGDClassifier(loss='hinge', penalty=None, learning_rate='pa1', eta0=C).
-  * GradientBoostingClassifier(loss='deviance' -> 'log_loss', n_estimators=100, max_depth=10)
-    takes hours on a small CPU. It is used only when params.yaml `train.exact_gradient_boosting: true`;
-    by default HistGradientBoostingClassifier(max_iter=n_estimators, max_depth=max_depth) stands in for
-    it (much faster) and is labelled as a stand-in in the registry and in train.json (`stand_in_for`).
-  * SGDClassifier(loss='hinge', penalty='l2'), Perceptron(penalty='l1'), LinearSVC(loss='hinge',
-    penalty='l2', C=1), DecisionTree(entropy, max_depth=10), ExtraTreeClassifier(gini,
-    max_depth=10), RandomForest(entropy, max_depth=100, 100 trees), MLP(relu, (100,)),
-    KNN(k=5, p=1, weights='distance'), SVC(C=10, rbf), GaussianNB: unchanged names.
-  * Iteration caps are params.yaml keys (`max_iter`), as is every other hyperparameter: each builder
-    reads exactly the keys its registry entry lists, all required (no defaults here). A ConvergenceWarning
-    on LinearSVC is expected and harmless for the comparison.
-
-Benchmark (trained on all 60,000, tested on the official 10,000) accuracies live in the registry.
+"""The 13 scikit-learn baselines of the original Fashion-MNIST benchmark (Xiao et al. 2017), each at the
+benchmark's best configuration, ported to scikit-learn 1.9 names: `Pipeline([StandardScaler(), classifier])` over
+flattened rows in [0, 1], seeded wherever the estimator is random. The ports and deviations: docs/models.md.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.params import check_type
 from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_CLASSES, N_PIXELS
 
 KERAS_FILE = "model.keras"
@@ -83,8 +84,6 @@ class ModelSpec:
                 hint=f"add {', '.join(f'`models.{self.name}.{k}`' for k in missing)} to params.yaml: model "
                      f"`{self.name}` needs all of {', '.join(self.hyperparameters)}, with no default anywhere "
                      "(see the shipped params.yaml for the published recipe's values)")
-        from pipeline.params import check_type
-
         for key in self.hyperparameters:
             check_type(values[key], HYPERPARAMETER_TYPES[key], f"models.{self.name}.{key}")
         return values
@@ -106,14 +105,14 @@ class ModelSpec:
 # ------------------------------------------------------------------------------------ builders
 def _keras(fn_name: str) -> Callable[..., Any]:
     def build(hp, steps_per_epoch, *, name):
-        from pipeline.models import cnn
+        from pipeline.models import cnn   # Keras loads lazily
         return getattr(cnn, fn_name)(hp, steps_per_epoch, name=name)
     return build
 
 
 def _sk(fn_name: str) -> Callable[..., Any]:
     def build(hp, seed, **kw):
-        from pipeline.models import baselines
+        from pipeline.models import baselines   # scikit-learn loads lazily
         return getattr(baselines, fn_name)(hp, seed, **kw)
     return build
 

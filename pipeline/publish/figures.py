@@ -1,4 +1,4 @@
-"""The report's figures: which ones to draw, from which results, in report order (pipeline.plots draws them).
+"""The report's figures: which ones to draw, from which results, in report order (pipeline.publish.plots draws them).
 
 One accuracy chart of every model with the published claims marked, per-epoch curves and epoch times of the
 CNNs, confusion matrices of the best model and of the papers' models, the best model's correct and
@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.evaluate import confusion_matrix
+from pipeline.publish import plots
+from pipeline.metrics import confusion_matrix
 from pipeline.models.registry import PAPER_A, PAPER_B
 from pipeline.publish.results import ModelResult, claim_is_test_accuracy, published_accuracy, ranked
 
@@ -20,7 +21,6 @@ from pipeline.publish.results import ModelResult, claim_is_test_accuracy, publis
 def render_figures(results: Sequence[ModelResult], fig_dir: Path, *, x_test: np.ndarray | None,
                    class_counts: dict[str, Any] | None, sample_images: int, dpi: int) -> list[tuple[str, Path]]:
     """Draw every figure into fig_dir; return [(caption, path)] in report order."""
-    from pipeline import plots
 
     figures: list[tuple[str, Path]] = []
     order = ranked(results)

@@ -16,7 +16,9 @@ import numpy as np
 
 from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.evaluate import output_paths, wilson_interval
+from pipeline.metrics import wilson_interval
+from pipeline.models import registry
+from pipeline.runs import output_paths, run_dir
 
 
 @dataclass
@@ -164,9 +166,6 @@ def load_results(names: Sequence[str], metrics_dir: Path, models_dir: Path,
                  seeds: Sequence[int]) -> list[ModelResult]:
     """Read every configured (model, seed) run's outputs; fail naming ALL runs whose outputs are missing, so one
     error message lists everything `dvc repro` still has to run."""
-    from pipeline.models import registry
-    from pipeline.train import run_dir
-
     if not names:
         raise PipelineError("params.yaml: train.models is empty: there is nothing to publish")
     if not seeds:

@@ -11,8 +11,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import io
+from pipeline.data.convert import load_test_set
+from pipeline.data.validate.report import near_duplicates_of
 from pipeline.errors import PipelineError
+from pipeline.params import PublishParams, TrainParams, build, load_params, section
 from pipeline.publish.figures import render_figures
+from pipeline.publish.model_card import write_model_cards
 from pipeline.publish.narrative import reproducibility_note
 from pipeline.publish.render import records_csv, render_html, render_markdown
 from pipeline.publish.results import load_results
@@ -32,7 +36,6 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
     results = load_results(list(names), Path(metrics_dir), Path(models_dir), list(seeds))
     x_test = None
     if test_path is not None:
-        from pipeline.evaluate import load_test_set
 
         x_test, y_test = load_test_set(Path(test_path))
         if not np.array_equal(y_test, results[0].y_true):
@@ -56,7 +59,6 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         tables.append(left_out)
     near = None
     if validation_report_path is not None:
-        from pipeline.data.validate.report import near_duplicates_of
 
         near = near_duplicates_of(io.read_json(validation_report_path))
     note = reproducibility_note(results, mc, sizes.get("train"), near)
@@ -67,8 +69,6 @@ def publish(names: Sequence[str], *, metrics_dir: Path, models_dir: Path, out_di
         (tmp / "comparison.md").write_text(render_markdown(tables, note, figures, "figures"), encoding="utf-8")
         (tmp / "comparison.csv").write_text(records_csv(records), encoding="utf-8")
         (tmp / "comparison.html").write_text(render_html(tables, note, figures), encoding="utf-8")
-        from pipeline.model_card import write_model_cards
-
         cards = write_model_cards(results, tmp, class_counts=class_counts)
     summary = accuracy_summary(results)
     if summary_path is not None:
@@ -93,7 +93,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import PublishParams, TrainParams, build, load_params, section
 
     raw = load_params(args.params)
     params = section(PublishParams, "publish", raw)

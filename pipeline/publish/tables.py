@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pipeline.evaluate import holm_adjust, mcnemar, per_class_report
+from pipeline.metrics import holm_adjust, mcnemar, per_class_report
+from pipeline.models import registry
 from pipeline.models.registry import PAPER_A, PAPER_B
-from pipeline.publish.results import (ModelResult, claim_is_test_accuracy, last_epoch, published_accuracy,
-                                      ranked)
+from pipeline.publish.results import ModelResult, claim_is_test_accuracy, last_epoch, published_accuracy, ranked
 from pipeline.schema import CLASS_NAMES
 
 
@@ -250,7 +250,6 @@ def table_hyperparameters(results: Sequence[ModelResult]) -> Table:
 
 def table_not_trained(names: Sequence[str]) -> Table | None:
     """Registered models left out of train.models: their published claims, so the gap stays visible."""
-    from pipeline.models import registry
 
     rows = []
     for name in registry.names():

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import pipeline
+from pipeline.data.content import load_profile
 from pipeline.data.validate.expectations import build_expectations, check_params
 from pipeline.data.validate.explanations import explain
 from pipeline.data.validate.gx_runner import GxRunner
@@ -101,9 +103,6 @@ def validate_tables(tables: Mapping[str, Any], params: ValidateParams,
 def load_reference(params: ValidateParams) -> dict:
     """The reference profile; a relative path is looked up in the working directory (the repository root under
     DVC), then beside the installed package, where the shipped profile lives."""
-    import pipeline
-    from pipeline.data.content import load_profile
-
     path = Path(params.drift["reference"])
     if not path.is_absolute() and not path.exists():
         installed = Path(pipeline.__file__).resolve().parent.parent / path

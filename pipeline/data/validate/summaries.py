@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.data import content
+from pipeline.data.content import image_matrix
 from pipeline.params import ValidateParams
 from pipeline.schema import CLASS_NAMES, LABEL_COLUMN, N_CLASSES, PIXEL_COLUMNS, PIXEL_MAX, PIXEL_MIN
 
@@ -137,8 +139,6 @@ def content_input(summ: Summaries) -> tuple[np.ndarray, np.ndarray] | None:
     """(pixels (N, 784) uint8, labels) when the format summaries show a table the content checks can read, else
     None: a table with nulls, missing or repeated columns, non-integers or values outside their ranges is not
     judged for content (its format failures already stop the gate)."""
-    from pipeline.data.content import image_matrix
-
     cols = summ.frames["per_column"]
     pixels = cols[cols["column"] != LABEL_COLUMN]
     labels = summ.frames["rows"]["label"].to_numpy()
@@ -158,8 +158,6 @@ def content_frames(summ: Summaries, params: ValidateParams, train_images: np.nda
     checks). profile: the reference profile (drift). A table that fails the format checks (nulls, wrong
     columns, values outside 0..255) gets empty content frames: its format failures already stop the gate."""
     import pandas as pd
-
-    from pipeline.data import content
 
     n = summ.table.num_rows
     judged = content_input(summ)

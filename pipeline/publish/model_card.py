@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.metrics import confusion_matrix
 from pipeline.publish.results import published_accuracy
 from pipeline.publish.tables import hyperparameter_text
 from pipeline.schema import CLASS_NAMES, N_CLASSES
@@ -43,7 +44,6 @@ def mean_per_class(runs_per_class: Sequence[dict[str, dict[str, float]]]) -> dic
 def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int | None = None,
                claim: float | None = None, claim_kind: str = "", claim_holds: bool | None = None) -> str:
     """One model's card (Markdown) from publish's ModelResult; claim: the published accuracy (%) if any."""
-    from pipeline.evaluate import confusion_matrix
 
     spec, meta, test = result.spec, result.train_meta, result.metrics["test"]
     seeds = result.seeds
@@ -84,7 +84,7 @@ def model_card(result, *, sizes: dict[str, int] | None = None, split_seed: int |
             f"- **Test**: the official test set, {n_test:,} images, used for nothing but this evaluation.",
             "- **Input**: 28x28 grey, a light item on a black background, centred, the longer side filling the frame "
             "(Zalando's product photos, negated). `predict` and `serve` convert other pictures this way "
-            "(pipeline.imaging).", "",
+            "(pipeline.serving.imaging).", "",
             "## Recipe", ""]
     hp = meta.get("hyperparams") or {}
     out.append("- **Hyperparameters** (params.yaml `models." + result.name + "`, as training recorded them): "

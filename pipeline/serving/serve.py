@@ -15,7 +15,7 @@
 Uploads: at most `serve.max_upload_mb` (params.yaml); a larger body is refused with 413 before it is read,
 a body without Content-Length with 411, a file that is not an image with 415 (by content type) or 422 (image
 bytes Pillow cannot read), and a model name that is not registered or not trained here with 404 (listing
-the ones that are). Images are converted as `predict` converts them (pipeline.imaging) and predicted by the
+the ones that are). Images are converted as `predict` converts them (pipeline.serving.imaging) and predicted by the
 registry's one safe loader; each model is loaded once, on first use.
 
 `create_app` is pure app creation (no I/O until a request comes); the CLI only adds uvicorn.
@@ -37,8 +37,14 @@ import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from pipeline import io
+from pipeline.data.convert import load_test_set
 from pipeline.errors import PipelineError
+from pipeline.models import registry
+from pipeline.params import load_params, section
+from pipeline.runs import output_paths, run_dir, seed_of
 from pipeline.schema import CLASS_NAMES
+from pipeline.serving.predict import Prediction, read_picture, record
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff",
                          "image/x-ms-bmp"})
@@ -57,10 +63,6 @@ class ServeParams:
 
 def trained_models(models_dir: Path, metrics_dir: Path, seed: int) -> list[dict[str, Any]]:
     """Registered models trained under models_dir for `seed`, most accurate first, with their test accuracy."""
-    from pipeline import io
-    from pipeline.evaluate import output_paths
-    from pipeline.models import registry
-    from pipeline.train import run_dir
 
     rows = []
     for name in registry.names():
@@ -94,7 +96,6 @@ class _Predictors:
         self._loaded: dict[str, tuple[Callable, threading.Lock]] = {}
 
     def predict(self, name: str, x: np.ndarray) -> np.ndarray:
-        from pipeline.train import run_dir
 
         with self._lock:
             if name not in self._loaded:
@@ -108,8 +109,6 @@ def create_app(models_dir: Path | str, metrics_dir: Path | str, reports_dir: Pat
                max_upload_bytes: int, test_images: np.ndarray | None = None,
                loader: Callable[[Path], Callable] | None = None):
     """The FastAPI app over models_dir/<name>/seed-<seed>/ and metrics_dir (pure: reads files per request)."""
-    from pipeline.models import registry
-    from pipeline.predict import read_picture, record
 
     models_dir, metrics_dir = Path(models_dir), Path(metrics_dir)
     predictors = _Predictors(models_dir, seed, loader or registry.load_predictor)
@@ -150,8 +149,6 @@ def create_app(models_dir: Path | str, metrics_dir: Path | str, reports_dir: Pat
         item = read_picture(file.filename or "upload", _stdio.BytesIO(data))
         if item.image is None:
             raise HTTPException(422, f"`{item.input}`: {item.error}")
-        from pipeline.predict import Prediction
-
         try:
             probs = predictors.predict(name, item.image[None])[0]
         except PipelineError as exc:   # e.g. a model file that cannot be loaded safely
@@ -295,15 +292,11 @@ def add_cli(parser) -> None:
 def cli(args) -> None:
     import uvicorn
 
-    from pipeline.params import load_params, section
-    from pipeline.train import seed_of
-
     raw = load_params(args.params)
     params = section(ServeParams, "serve", raw)
     seed = seed_of(raw, args.seed)
     test_images = None
     if args.test is not None and args.test.exists():
-        from pipeline.evaluate import load_test_set
 
         test_images = load_test_set(args.test)[0]
     app = create_app(args.models_dir, args.metrics, args.reports, seed=seed,

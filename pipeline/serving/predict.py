@@ -5,7 +5,7 @@
 INPUT may be image files (PNG, JPEG, BMP, GIF, WebP, TIFF; any size, grey or colour), a directory of them
 (searched recursively), a Kaggle-layout CSV (`label,pixel1..pixel784`) or an NPZ holding (N,28,28) or
 (N,784) uint8 images (`x`, as the pipeline writes them, or the file's only array). Pictures are converted the
-way Fashion-MNIST was made (pipeline.imaging: light item on black, 28x28, centred; inverted when their border
+way Fashion-MNIST was made (pipeline.serving.imaging: light item on black, 28x28, centred; inverted when their border
 is light, and the output says so); CSV/NPZ rows are Fashion-MNIST images already and are used as they are.
 
 Output (CSV, or JSON with --format json or an --out ending in .json; stdout without --out): one row per image
@@ -29,8 +29,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pipeline import io
+from pipeline.data.convert import table_to_arrays
+from pipeline.data.ingest import read_kaggle_csv
 from pipeline.errors import PipelineError
+from pipeline.metrics import predict_in_batches
+from pipeline.models import registry
+from pipeline.params import load_params, section
+from pipeline.progress import BatchProgress
+from pipeline.runs import model_dir_for, seed_of
 from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_PIXELS
+from pipeline.serving.imaging import to_fashion_mnist
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ARRAY_SUFFIXES = frozenset({".csv", ".npz"})
@@ -108,7 +117,6 @@ def render_csv(records: Sequence[dict[str, Any]]) -> str:
 def predict_items(predictor: Callable[[np.ndarray], np.ndarray], items: Sequence[Item], *, batch_size: int,
                   label: str | None = None) -> list[Prediction]:
     """Predict every readable item in batches (progress under `label` on long work); errors pass through."""
-    from pipeline.evaluate import predict_in_batches
 
     readable = [i for i, item in enumerate(items) if item.image is not None]
     preds = [Prediction(item) for item in items]
@@ -125,8 +133,6 @@ def read_picture(path: Path | str, source: Any = None) -> Item:
     """An image file (or an open binary file `source`, named `path`) -> Item with its Fashion-MNIST-style
     28x28 conversion, or an Item naming the problem."""
     from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from pipeline.imaging import to_fashion_mnist
 
     name = str(path)
     try:
@@ -159,11 +165,8 @@ def _rows(source: str, x: np.ndarray, y: np.ndarray | None) -> list[Item]:
 
 def read_array_file(path: Path) -> list[Item]:
     """A Kaggle-layout CSV or an NPZ -> one Item per row (Fashion-MNIST images already: no conversion)."""
-    from pipeline import io
 
     if path.suffix.lower() == ".csv":
-        from pipeline.data.convert import table_to_arrays
-        from pipeline.data.ingest import read_kaggle_csv
 
         x, y = table_to_arrays(read_kaggle_csv(path))
         return _rows(str(path), x, y)
@@ -206,7 +209,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 def read_inputs(inputs: Iterable[str | Path]) -> list[Item]:
     """Every input as Items, in order. A file that cannot be read becomes an error Item (never an exception)."""
-    from pipeline.progress import BatchProgress
 
     paths = expand_inputs(inputs)
     progress = BatchProgress("predict: reading inputs", len(paths), unit="files")
@@ -249,25 +251,7 @@ def add_cli(parser) -> None:
                         help="default: json when --out ends in .json, else csv")
 
 
-def model_dir_for(models_dir: Path, name: str, seed: int) -> Path:
-    """The trained run directory of a registered model, or a PipelineError saying how to make it."""
-    from pipeline.models import registry
-    from pipeline.train import run_dir
-
-    registry.get(name)  # an unknown name lists the valid ones
-    directory = run_dir(models_dir, name, seed)
-    if not (directory / "train.json").exists():
-        raise PipelineError(f"{directory}: no trained model `{name}` (seed {seed}) here",
-                            hint=f"train it first: `dvc repro train@{name}-{seed}` (add `{name}` to params.yaml "
-                                 "train.models if it is not there), or pass --models-dir / --seed")
-    return directory
-
-
 def cli(args) -> None:
-    from pipeline import io
-    from pipeline.models import registry
-    from pipeline.params import load_params, section
-    from pipeline.train import seed_of
 
     raw = load_params(args.params)
     batch_size = section(PredictParams, "predict", raw).batch_size

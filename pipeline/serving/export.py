@@ -5,7 +5,7 @@
 
 Writes, as one atomic directory:
   model.onnx   input `image`: float32 (N, 28, 28, 1), pixel / 255, a light item on a black background (the
-               Fashion-MNIST convention; pipeline.imaging converts photos); output: (N, 10) class probabilities
+               Fashion-MNIST convention; pipeline.serving.imaging converts photos); output: (N, 10) class probabilities
                in label order. A model trained with `test_time_flip` is exported WITH its flip averaging, so the
                file predicts exactly what `load_predictor` (and the evaluate stage) measured.
   model.json   the input/output contract, class names, the source model's SHA-256, and the check below.
@@ -29,7 +29,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline import io
+from pipeline.data.convert import load_test_set
 from pipeline.errors import PipelineError
+from pipeline.models import registry
+from pipeline.params import TrainParams, load_params, section
+from pipeline.runs import model_dir_for, run_dir, seed_of
 from pipeline.schema import CLASS_NAMES, IMAGE_SIDE
 
 ONNX_FILE = "model.onnx"
@@ -52,7 +57,6 @@ class ExportParams:
 
 def check_export_models(models: Sequence[str], trained: Sequence[str]) -> None:
     """export.models: registered Keras models that train.models trains (else DVC has no model to export)."""
-    from pipeline.models import registry
 
     for name in models:
         spec = registry.get(name)
@@ -113,9 +117,6 @@ def export_model(name: str, model_dir: Path, out: Path, x_check: np.ndarray, *,
                  max_abs_diff: float) -> dict[str, Any]:
     """Export models/<name>/seed-<seed> to out/ (atomic), after checking it against Keras on x_check."""
     import keras
-
-    from pipeline import io
-    from pipeline.models import registry
 
     model_dir = Path(model_dir)
     meta = registry.read_train_meta(model_dir)
@@ -178,11 +179,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.evaluate import load_test_set
-    from pipeline.models import registry
-    from pipeline.params import TrainParams, load_params, section
-    from pipeline.predict import model_dir_for
-    from pipeline.train import run_dir, seed_of
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     raw = load_params(args.params)

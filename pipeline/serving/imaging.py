@@ -8,7 +8,7 @@ edges close to the corner colour (5% of the intensity range), resizing the longe
 background is light (then it inverts, and says so), so a photo of a dark shoe on a white table and an
 official test image both end up the way the models were trained to see them.
 
-Not about: reading files (pipeline.predict does, with Pillow) or predicting.
+Not about: reading files (pipeline.serving.predict does, with Pillow) or predicting.
 """
 
 from __future__ import annotations

@@ -1,42 +1,9 @@
-"""train stage: train ONE registered model on data/split and write models/<name>/ atomically.
+"""train stage: train ONE registered model on data/split and write models/<name>/seed-<seed>/ atomically.
 
     python -m pipeline train --model NAME --seed SEED --data data/split --out models/NAME/seed-SEED
 
-Artifact contract (evaluate/publish depend on it): models/<name>/ holds
-  model.keras (Keras) | model.skops (scikit-learn via skops, never pickle)
-  train.json   {model, family, source, train_time_s, epochs, device, backend, seed, params_count,
-                val_accuracy, val_loss, train_accuracy, train_loss, hyperparams, stand_in_for,
-                resumed_from_epoch}
-  history.csv  epoch,loss,accuracy,val_loss,val_accuracy,epoch_time_s (one row per epoch; sklearn: one row)
-The directory is swapped in only when complete (pipeline.io.atomic_dir).
-
-Keras: `train_accuracy`/`train_loss` are the last epoch's running training metrics (dropout and
-augmentation active), as Keras reports them; val_* are measured on the held-out split. A model
-with `test_time_flip: true` is evaluated by averaging each image's prediction with its mirror
-image's; its val_accuracy/val_loss are measured that way too, and the single-view figures (the
-last epoch's, as in history.csv) are kept as val_accuracy_single_view/val_loss_single_view.
-scikit-learn: train metrics are measured on a seeded subsample of `train_eval_samples` training
-rows (SVC/KNN predictions on all 48k would double their cost); val_loss is null for models
-without predict_proba.
-
-Resume: every completed Keras epoch is checkpointed to .checkpoints/<name>/seed-<seed>/ (model with
-optimizer state + history so far + a fingerprint of model, hyperparameters, seed and data). It lives
-outside the DVC output on purpose: DVC deletes a stage's (non-persistent) output before re-running it,
-and the checkpoint must survive that. A rerun with the same fingerprint continues from the last
-completed epoch; the checkpoint is deleted on success. A resumed run is not bit-identical to an
-uninterrupted one (shuffle/dropout RNG streams restart), but it trains the remaining epochs with the
-restored weights, optimizer state and schedule.
-
-Determinism: keras.utils.set_random_seed(seed) seeds Python, NumPy and the backend; the tf.data
-shuffle is seeded. On CPU, repeated runs on the same machine and thread count give bit-identical
-weights (tested, with TensorFlow's oneDNN kernels on); other machines or GPUs may differ in the last
-bits. scikit-learn models are deterministic given random_state.
-
-Input pipeline: with the TensorFlow backend, tf.data (uint8 arrays -> cache -> seeded shuffle ->
-batch -> scale/one-hot -> repeat -> prefetch, one iterator for the whole fit); with any other backend,
-plain NumPy arrays. Model code never uses tf.*. A GPU is used automatically when the backend sees one
-(`make setup` installs TensorFlow's CUDA build on a machine with an NVIDIA GPU); `train.mixed_precision`
-(auto | true | false) decides mixed_float16 there (resolve_mixed_precision; never on CPU).
+Writes model.keras | model.skops, train.json and history.csv (the contract evaluate and publish read), resumes an
+interrupted Keras training from .checkpoints/, and is deterministic per seed on one machine: docs/training.md.
 """
 
 from __future__ import annotations
@@ -56,8 +23,12 @@ import numpy as np
 from pipeline import io
 from pipeline.device import detect_device, keras_backend
 from pipeline.io import HISTORY_COLUMNS
+from pipeline.metrics import log_loss
 from pipeline.models import registry
 from pipeline.models.registry import ModelSpec, preprocess
+from pipeline.params import TrainParams, build, load_params
+from pipeline.progress import BatchProgress, heartbeat
+from pipeline.runs import run_dir, seed_of
 from pipeline.schema import N_CLASSES
 
 SCORING_BATCH = 2000   # rows per predict call when scoring a scikit-learn model (progress granularity)
@@ -239,7 +210,6 @@ def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_d
         # Evaluation predicts with flip averaging (registry.load_predictor), so the validation figure
         # reported beside the test figure must be measured the same way; the per-epoch history stays
         # single-view (what Keras measured during fit) and is kept in train.json too.
-        from pipeline.evaluate import log_loss  # the same loss the evaluate stage reports for the test set
         probs = registry.keras_probabilities(model, preprocess("keras", x_val), flip_average=True)
         y_val = np.asarray(y_val, dtype=int)
         meta.update({
@@ -260,8 +230,7 @@ def _trainable(model) -> int:
 def _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, *, seed, exact_gradient_boosting):
     from sklearn.metrics import accuracy_score, log_loss
 
-    from pipeline.models.baselines import param_count
-    from pipeline.progress import BatchProgress, heartbeat
+    from pipeline.models.baselines import param_count   # scikit-learn loads lazily
 
     model = spec.build(hp, seed=seed, exact_gradient_boosting=exact_gradient_boosting)
     xt, xv = preprocess("sklearn", x_train), preprocess("sklearn", x_val)
@@ -359,18 +328,6 @@ def save_artifacts(out: Path, model, family: str, rows: list[dict], meta: dict) 
 CHECKPOINT_ROOT = Path(".checkpoints")
 
 
-def run_dir(root: Path, name: str, seed: int) -> Path:
-    """Where one (model, seed) run's files live under models/ (and metrics/): <root>/<name>/seed-<seed>."""
-    return Path(root) / name / f"seed-{seed}"
-
-
-def seed_of(params: dict[str, Any], seed: int | None) -> int:
-    """The run's seed: `seed` when given (the DVC stages always pass one), else the first of `train.seeds`."""
-    from pipeline.params import TrainParams, build
-
-    return build(TrainParams, params.get("train", {}), "train").seeds[0] if seed is None else int(seed)
-
-
 def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int | None = None,
         checkpoint_root: Path | None = None, callbacks: Iterable = (), verbose: int = 2) -> dict:
     """Load the split, train, write `out` atomically, drop the checkpoint. Returns train.json.
@@ -378,7 +335,6 @@ def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int |
     seed: None = the first of params.yaml `train.seeds` (the DVC stages always pass one explicitly).
     checkpoint_root: None = CHECKPOINT_ROOT (relative to the working directory, the repository root).
     """
-    from pipeline.params import TrainParams, build
 
     spec = registry.get(name)
     tp = build(TrainParams, params.get("train", {}), "train")
@@ -413,7 +369,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-    from pipeline.params import load_params
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     params = load_params(args.params)
