@@ -61,7 +61,7 @@ run: setup
 
 ## test: the whole test suite (small real-data slices, tiny epoch counts); what CI runs.
 test: setup test-deps
-	python -m pytest -q
+	python -m pytest -q --durations=15
 
 ## check: the fast tier: every module's logic and every stage's bad-input handling, no end-to-end runs.
 check: setup test-deps
