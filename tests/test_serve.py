@@ -103,6 +103,9 @@ def test_upload_within_the_content_length_but_over_the_file_limit_is_refused(ws)
 def test_page_reports_and_samples(client):
     page = client.get("/")
     assert page.status_code == 200 and "Drop an image here" in page.text and 'href="/report"' in page.text
+    # Before the first prediction the result (two images) is hidden: author CSS such as `display:flex` would
+    # otherwise override the `hidden` attribute and show two broken-image placeholders.
+    assert '<div id="result" hidden>' in page.text and "[hidden]{display:none!important}" in page.text
     assert client.get("/samples/3.png").headers["content-type"] == "image/png"
     assert client.get("/samples/99.png").status_code == 404
     assert client.get("/reports/../params.yaml").status_code == 404

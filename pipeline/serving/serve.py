@@ -195,6 +195,7 @@ body{font-family:system-ui,sans-serif;max-width:860px;margin:1.5em auto;padding:
 #drop{border:3px dashed #888;border-radius:10px;padding:2em;text-align:center;background:#fafafa;cursor:pointer}
 #drop.over{background:#e8f0ff;border-color:#36c}
 #result{display:flex;gap:1.5em;margin-top:1.2em;align-items:flex-start}
+[hidden]{display:none!important}
 #result img{width:140px;height:140px;object-fit:contain;border:1px solid #ccc;background:#000}
 #seen{image-rendering:pixelated}
 .bar{background:#36c;height:1em;display:inline-block;vertical-align:middle;margin-right:.4em}
