@@ -182,3 +182,33 @@ def _plan(repo, workspace: Path, targets: list[str] | None, graph, nx) -> list[S
         stages.append(Stage(name=_address(node), cmd=cmd, upstream=upstream, portable=portable[node],
                             inputs=inputs, record_file=_record_file(node)))
     return stages
+
+
+def data_sources(workspace: str | os.PathLike) -> list[str]:
+    """Where new data enters the DVC project at `workspace`: the paths `dvc add` tracks and the dependencies
+    outside the project of stages `dvc repro` would re-run (absolute local paths, or URLs), sorted.
+
+    Frozen stages are left out: `dvc repro` never re-runs them, so a change there (a `dvc import-url`, frozen
+    by default) reaches the project only through `dvc update`, not through a pipeline run.
+    """
+    from dvc.dependency import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    found: set[str] = set()
+    try:
+        with Repo(str(Path(workspace).resolve())) as repo:
+            for stage in repo.index.stages:
+                if stage.frozen:
+                    continue
+                if not stage.cmd and not stage.deps:          # `dvc add`: its outputs are the data
+                    found.update(out.fs_path for out in stage.outs if out.protocol == "local")
+                    continue
+                for dep in stage.deps:
+                    if isinstance(dep, ParamsDependency) or dep.is_in_repo:
+                        continue
+                    found.add(dep.fs_path if dep.protocol == "local" else str(dep.def_path))
+    except DvcException as exc:
+        raise PipelineError(f"{workspace}: DVC cannot read this project: {exc}",
+                            hint="`dvc status` there shows DVC's own report") from None
+    return sorted(found)
