@@ -32,6 +32,8 @@ class Stage:
     inputs: tuple[str, ...] = field(default_factory=tuple)
     # The file DVC records it in, workspace-relative: "dvc.lock", "sub/dvc.lock" or the `.dvc` file itself.
     record_file: str = "dvc.lock"
+    # Every output goes to the DVC cache, so `dvc push` can send it to a worker that needs it.
+    outs_cached: bool = True
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +182,8 @@ def _plan(repo, workspace: Path, targets: list[str] | None, graph, nx) -> list[S
                                and not any(Path(dep.fs_path).is_relative_to(p) for p in produced)}))
         cmd = " && ".join(node.cmd) if isinstance(node.cmd, list) else str(node.cmd or "")
         stages.append(Stage(name=_address(node), cmd=cmd, upstream=upstream, portable=portable[node],
-                            inputs=inputs, record_file=_record_file(node)))
+                            inputs=inputs, record_file=_record_file(node),
+                            outs_cached=all(out.use_cache for out in node.outs)))
     return stages
 
 

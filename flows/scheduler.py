@@ -88,12 +88,15 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
                  snapshot.files, len(snapshot.archive) / 2**20)
         record_files = sorted({s.record_file for s in stages})
         for stage in (s for s in stages if s.portable):
-            # Inputs git ignores and no stage writes would be missing from a worker's clone; what depends on such
-            # a stage stays here too, as its outputs may not be in the DVC cache (Stage.portable assumed a worker).
+            # Inputs git ignores and no stage writes would be missing from a worker's clone. A stage that reads
+            # uncached outputs of such a stage stays here too: `dvc push` cannot send them to a worker.
             missing = [p for p in stage.inputs if not snapshot.holds(p)]
-            if missing or local_only.intersection(stage.upstream):
+            uncached = [s.name for s in stages if s.name in local_only and s.name in stage.upstream
+                        and not s.outs_cached]
+            if missing or uncached:
                 local_only.add(stage.name)
-                why = f"git does not ship its input(s) {', '.join(missing)}" if missing else "an upstream stage does"
+                why = (f"git does not ship its input(s) {', '.join(missing)}" if missing
+                       else f"it reads uncached outputs of {', '.join(uncached)}, which runs in the workspace")
                 log.info("stage '%s' runs in the workspace, not on a worker: %s", stage.name, why)
     outcomes: dict[str, dict[str, Any]] = {}
     done: set[str] = set()            # recorded in the workspace's dvc.lock (or up to date)
