@@ -128,6 +128,19 @@ def _resolve_targets(targets: list[str], by_name: dict) -> list:
     return [s for stages in found.values() for s in stages]
 
 
+def check_workspace(workspace: str | os.PathLike) -> Path:
+    """`workspace` resolved; PipelineError unless it is the root of a DVC project (stage addresses, and every
+    `dvc` command the flow runs there, are relative to the root)."""
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir():
+        above = next((p for p in workspace.parents if (p / ".dvc").is_dir()), None)
+        raise PipelineError(
+            f"{workspace}: not the root of a DVC project (no .dvc/ directory here)",
+            hint=f"pass --workspace {above} (the project's root: stage addresses are relative to it)" if above
+            else "pass --workspace pointing at the directory where `dvc init` ran")
+    return workspace
+
+
 def load_stages(workspace: str | os.PathLike, targets: list[str] | None = None) -> list[Stage]:
     """Every stage of the DVC project at `workspace` in topological order (ties: DVC's order of its files):
     dvc.yaml stages, nested `*/dvc.yaml` ones and `.dvc` files, as `dvc repro --all-pipelines` visits them.
@@ -142,13 +155,7 @@ def load_stages(workspace: str | os.PathLike, targets: list[str] | None = None) 
     from dvc.repo import Repo
     from dvc.repo.reproduce import get_active_graph
 
-    workspace = Path(workspace).resolve()
-    if not (workspace / ".dvc").is_dir():
-        above = next((p for p in workspace.parents if (p / ".dvc").is_dir()), None)
-        raise PipelineError(
-            f"{workspace}: not the root of a DVC project (no .dvc/ directory here)",
-            hint=f"pass --workspace {above} (the project's root: stage addresses are relative to it)" if above
-            else "pass --workspace pointing at the directory where `dvc init` ran")
+    workspace = check_workspace(workspace)
     try:
         with Repo(str(workspace)) as repo:
             return _plan(repo, workspace, targets, get_active_graph(repo.index.graph), nx)

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
+from pipeline.errors import PipelineError
 from pipeline.io import workspace_lock
 from pipeline.params import OrchestrationParams, load_params, section
 
 from flows import STATE_DIR, fingerprint
 from flows.artifacts import publish_artifacts
-from flows.dag import Stage, load_stages
+from flows.dag import Stage, check_workspace, load_stages
 from flows.dvc import stale_stages
 from flows.failures import ValidationGateFailed
 from flows.parallel import dask_task_runner
@@ -73,6 +75,17 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
     """
     log = get_run_logger()
     ws = Path(workspace or os.getcwd()).resolve()
+    try:
+        return _run_pipeline(ws, targets, retries, retry_delay_s, force, workers, dask_address, log)
+    except PipelineError as exc:
+        # A problem the user can fix (settings, the project, the remote), found before any stage started: its
+        # message, what to do, and a Failed run; Prefect would log a traceback for a raised exception.
+        log.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+
+
+def _run_pipeline(ws: Path, targets, retries, retry_delay_s, force, workers, dask_address, log):
+    check_workspace(ws)
     orchestration, defaults_note = orchestration_settings(ws)
     if defaults_note:
         log.info(defaults_note)

@@ -9,8 +9,6 @@ per module and copied (with its `external/` directory beside it) for each run.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import textwrap
 import time
@@ -266,55 +264,69 @@ def test_no_orchestration_section_means_documented_defaults_and_a_wrong_one_stil
         orchestration_settings(tmp_path)
 
 
-def test_the_first_log_line_says_the_defaults_are_used(runs):
+def flow_messages(state, until: str) -> list[str]:
+    """The flow run's log messages in order, once one contains `until` (logs reach the API in batches)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
 
-    run_id = runs["serial_state"].state_details.flow_run_id
+    run_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
     deadline = time.monotonic() + 60
-    while True:   # logs reach the API in batches after the run
+    while True:
         with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-                                    sort=LogSort.TIMESTAMP_ASC)
-        ours = [entry.message for entry in logs if not entry.message.startswith("Beginning flow run")]
-        if any(m.startswith("workspace ") for m in ours) or time.monotonic() > deadline:
-            break
+            messages = [entry.message for entry in client.read_logs(log_filter=run_filter, sort=LogSort.TIMESTAMP_ASC)]
+        if any(until in m for m in messages) or time.monotonic() > deadline:
+            return messages
         time.sleep(0.5)
+
+
+def test_the_first_log_line_says_the_defaults_are_used(runs):
+    messages = flow_messages(runs["serial_state"], until="stage(s) from DVC in order")
+    ours = [m for m in messages if not m.startswith("Beginning flow run")]   # Prefect's own first line
     assert ours[0].startswith("params.yaml has no `orchestration` section: running with the defaults, "
                               "no stage timeout and 1 CPU per stage"), ours[:3]
 
 
 # ------------------------------------------------------------------- clear errors before any stage starts
-def _cli(*args: str) -> tuple[int, str]:
-    from flows.cli import main
+def test_not_the_project_root_is_a_clear_error_with_no_traceback(prefect_server, base):
+    import os
+    import subprocess
+    import sys
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, err.getvalue()
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.dvc import flow_env
+
+    proc = subprocess.run([sys.executable, "-m", "flows", "run", "--workspace", str(base / "sub")],
+                          env=flow_env(PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=os.getcwd()),
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"error [run]: {base / 'sub'}: not the root of a DVC project" in out
+    assert f"how to fix: pass --workspace {base}" in out
+    assert "Traceback" not in out and "no params.yaml" not in out, out
 
 
-@pytest.mark.parametrize("case", ["not the root", "DVC cannot read it", "unknown target", "wrong orchestration"])
+@pytest.mark.parametrize("case", ["DVC cannot read it", "unknown target", "wrong orchestration"])
 def test_what_the_flow_cannot_run_is_a_clear_error_before_any_stage(prefect_server, base, tmp_path, case):
     ws = copy_project(base, tmp_path / "copy")
-    args = ["run", "--workspace", str(ws)]
-    if case == "not the root":
-        args = ["run", "--workspace", str(ws / "sub")]
-        expected = [f"{ws / 'sub'}: not the root of a DVC project", f"pass --workspace {ws}"]
-    elif case == "DVC cannot read it":
+    targets = None
+    if case == "DVC cannot read it":
         (ws / "sub/dvc.yaml").write_text(SUB_DVC_YAML.replace("vars: [config.yaml]", "vars: [missing.yaml]"))
         expected = ["DVC cannot read this project", "missing.yaml", "`dvc status` there"]
     elif case == "unknown target":
-        args += ["--target", "sqare"]
+        targets = ["sqare"]
         expected = ["unknown stage(s): sqare", "square@1", "sub/dvc.yaml:grid@a"]
     else:
         (ws / "params.yaml").write_text("greeting: hello\norchestration: {stage_cpus: {default: 1}}\n")
         expected = ["missing key(s) in `orchestration`: stage_timeout_s", "how to fix"]
-    code, err = _cli(*args)
-    assert code == 2, err
-    assert all(text in err for text in expected), err
-    assert "Traceback" not in err
+    state = pipeline_flow(workspace=str(ws), targets=targets, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PipelineError) as info:
+        state.result()
+    assert info.value.exit_code == 2 and all(text in str(info.value) for text in expected), str(info.value)
+    messages = flow_messages(state, until=expected[0])
+    assert any(expected[0] in m for m in messages) and not any("Traceback" in m for m in messages), messages
     assert not (ws / "out" / "prep.txt").exists(), "no stage may have run"
 
 
@@ -327,8 +339,8 @@ def test_watcher_sees_dvc_add_data_and_an_external_dependency(runs, tmp_path, mo
     ws = copy_project(runs["serial"], tmp_path / "copy")
     assert data_sources(ws) == [str(tmp_path / "copy/external/feed.txt"), str(ws / "images"), str(ws / "raw.csv")], \
         "dvc add paths and the external dependency; not the frozen import-url"
-    first = watcher_flow(workspace=str(ws))            # another path: never processed here, so it runs
-    assert first["action"] == "ran" and status(ws) == STATUS_CLEAN
+    # this copy's data as processed, as a run that reached the end of the DAG here records it
+    fingerprint.save_state(ws, last_success=fingerprint.compute(ws))
     assert watcher_flow(workspace=str(ws))["action"] == "none"
 
     # a `dvc add`-tracked file changes: the scheduled check (`flows serve`, event mode) announces it ...
