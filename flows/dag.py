@@ -175,7 +175,11 @@ def _plan(repo, workspace: Path, targets: list[str] | None, graph, nx) -> list[S
             wanted |= {node} | nx.descendants(graph, node)
     else:
         wanted = set(graph.nodes)
-    produced = {out.fs_path for node in graph.nodes for out in node.outs}
+    produced = [Path(out.fs_path) for node in graph.nodes for out in node.outs]
+
+    def written_by_a_stage(path: str) -> bool:   # an output, inside one, or a directory holding one
+        return any(Path(path).is_relative_to(p) or p.is_relative_to(path) for p in produced)
+
     ordered = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: f"{order.get(s, 0):08d}")
     stages, portable = [], {}
     for node in ordered:
@@ -185,8 +189,7 @@ def _plan(repo, workspace: Path, targets: list[str] | None, graph, nx) -> list[S
             continue
         upstream = tuple(sorted((_address(d) for d in ups), key=lambda n: order.get(by_name[n], 0)))
         inputs = tuple(sorted({_relative(dep.fs_path, workspace) for dep in node.deps
-                               if dep.protocol == "local" and dep.is_in_repo and dep.fs_path not in produced
-                               and not any(Path(dep.fs_path).is_relative_to(p) for p in produced)}))
+                               if dep.protocol == "local" and dep.is_in_repo and not written_by_a_stage(dep.fs_path)}))
         cmd = " && ".join(node.cmd) if isinstance(node.cmd, list) else str(node.cmd or "")
         stages.append(Stage(name=_address(node), cmd=cmd, upstream=upstream, portable=portable[node],
                             inputs=inputs, record_file=_record_file(node),

@@ -73,8 +73,8 @@ def take_snapshot(workspace: Path) -> Snapshot:
     dvc.lock files.
 
     What DVC records (every dvc.lock and `.dvc` file) travels separately with each stage: it changes as stages
-    are recorded. Raises PipelineError for
-    a workspace that is not a git repository: git's ignore rules are what separates sources from outputs.
+    are recorded. Raises PipelineError for a workspace that is not a git repository: git's ignore rules are what
+    separates sources from outputs.
     """
     proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=workspace,
                           capture_output=True)
