@@ -131,7 +131,7 @@ def repro_status(stage: str, lines: list[str]) -> str:
         return "ran"
     if re.search(rf"Stage '{re.escape(stage)}' is cached - skipping run", text):
         return "restored"
-    if re.search(rf"Stage '{re.escape(stage)}' didn't change, skipping", text):
+    if re.search(rf"(Stage )?'{re.escape(stage)}' didn't change, skipping", text):   # a `.dvc` file: no "Stage"
         return "cached"
     return "ran"
 
@@ -168,4 +168,5 @@ def stale_stages(workspace: Path) -> set[str] | None:
         report = json.loads(proc.stdout.strip() or "{}")
     except json.JSONDecodeError:
         return None
-    return {name.rsplit(":", 1)[-1] for name in report} if isinstance(report, dict) else None
+    # Keys are DVC addresses, as flows.dag names stages: `name`, `sub/dvc.yaml:name`, `data.dvc`.
+    return {name.removeprefix("dvc.yaml:") for name in report} if isinstance(report, dict) else None

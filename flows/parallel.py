@@ -63,13 +63,20 @@ class Snapshot:
     digest: str
     archive: bytes
     files: int
+    names: frozenset[str] = frozenset()   # the files it holds, workspace-relative
+
+    def holds(self, path: str) -> bool:
+        """Whether the clone gets `path` (a file, or a directory with at least one file in it)."""
+        return path in self.names or any(name.startswith(f"{path}/") for name in self.names)
 
 
 def take_snapshot(workspace: Path) -> Snapshot:
-    """Tar the files git would commit (tracked, plus untracked files that are not ignored), without dvc.lock.
+    """Tar the files git would commit (tracked, plus untracked files that are not ignored), without the
+    dvc.lock files.
 
-    dvc.lock travels separately with each stage (it changes as stages are recorded). Raises PipelineError for
-    a workspace that is not a git repository: git's ignore rules are what separates sources from outputs.
+    What DVC records (every dvc.lock and `.dvc` file) travels separately with each stage: it changes as stages
+    are recorded. Raises PipelineError for a workspace that is not a git repository: git's ignore rules are what
+    separates sources from outputs.
     """
     proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=workspace,
                           capture_output=True)
@@ -77,7 +84,7 @@ def take_snapshot(workspace: Path) -> Snapshot:
         raise PipelineError(f"{workspace}: not a git repository ({proc.stderr.decode(errors='replace').strip()})",
                             hint="parallel runs ship the files git would commit to each worker: run `git init` "
                                  "there, or run without --workers")
-    names = sorted({n for n in proc.stdout.decode().split("\0") if n and n != "dvc.lock"})
+    names = sorted({n for n in proc.stdout.decode().split("\0") if n and Path(n).name != "dvc.lock"})
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name in names:
@@ -89,7 +96,8 @@ def take_snapshot(workspace: Path) -> Snapshot:
             with open(path, "rb") as fh:
                 tar.addfile(info, fh)
     archive = buffer.getvalue()
-    return Snapshot(digest=hashlib.sha256(archive).hexdigest(), archive=archive, files=len(names))
+    return Snapshot(digest=hashlib.sha256(archive).hexdigest(), archive=archive, files=len(names),
+                    names=frozenset(names))
 
 
 def default_remote_url(workspace: Path) -> str:
@@ -248,7 +256,8 @@ def prepare_clone(root: Path, snapshot: Snapshot, slot: int, remote_url: str) ->
         with tarfile.open(fileobj=io.BytesIO(snapshot.archive)) as tar:
             tar.extractall(staging, filter="data")
         (staging / ".dvc").mkdir(exist_ok=True)
-        cache_every_output(staging / "dvc.yaml")
+        for dvc_yaml in staging.rglob("dvc.yaml"):   # nested pipelines too
+            cache_every_output(dvc_yaml)
         shutil.rmtree(clone, ignore_errors=True)
         staging.rename(clone)
     config = (f"[core]\n    no_scm = true\n    remote = coordinator\n    analytics = false\n"
@@ -269,8 +278,9 @@ def cache_every_output(dvc_yaml: Path) -> None:
     """
     import yaml
 
-    document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
+    document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}
     for definition in (document.get("stages") or {}).values():
+        definition = definition.get("do", definition)   # a foreach stage declares its outputs under `do`
         for kind in ("outs", "metrics", "plots"):
             for entry in definition.get(kind) or []:
                 if isinstance(entry, dict):
@@ -297,16 +307,23 @@ def _granted_threads(worker, cpus: float) -> int:
 
 @task(name="dvc-stage-on-worker", retry_condition_fn=retry_if_transient, persist_result=False,
       cache_policy=NO_CACHE)
-def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, lock_text: str, remote_url: str,
-                        cpus: float = 1, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run one stage in this worker's clone and push its outputs and run-cache entry to the DVC remote."""
+def run_stage_on_worker(stage: str, upstream: list[str], snapshot: Snapshot, records: dict[str, str],
+                        remote_url: str, cpus: float = 1, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one stage in this worker's clone and push its outputs and run-cache entry to the DVC remote.
+
+    records: what the workspace's DVC has recorded at dispatch (every dvc.lock and `.dvc` file: path -> text,
+    "" where there is none yet), so that the clone pulls the upstream outputs the workspace holds now."""
     log = get_run_logger()
     worker = _worker()
     where = getattr(worker, "name", None) or "local"
     started = time.monotonic()
     with _slot() as slot:
         clone = prepare_clone(_worker_root(worker), snapshot, slot, remote_url)
-        write_text(clone / "dvc.lock", lock_text)
+        for path, text in records.items():
+            if text:
+                write_text(clone / path, text)
+            else:
+                (clone / path).unlink(missing_ok=True)
         threads = _granted_threads(worker, cpus)
         env = dvc_env(**thread_env(threads))
         log.info("stage '%s' on worker %s (clone %s, %d thread(s))", stage, where, clone.name, threads)

@@ -20,17 +20,42 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
+from pipeline.errors import PipelineError
 from pipeline.io import workspace_lock
-from pipeline.params import OrchestrationParams, section
+from pipeline.params import OrchestrationParams, load_params, section
 
 from flows import STATE_DIR, fingerprint
 from flows.artifacts import publish_artifacts
-from flows.dag import Stage, load_stages
+from flows.dag import Stage, check_workspace, load_stages
 from flows.dvc import stale_stages
 from flows.failures import ValidationGateFailed
 from flows.parallel import dask_task_runner
 from flows.scheduler import run_stages
+
+
+class DefaultOrchestration:
+    """The settings of a workspace whose params.yaml has no `orchestration` section (any other DVC project):
+    no stage timeout, one CPU thread per stage."""
+
+    def timeout_for(self, stage: str) -> None:
+        return None
+
+    def cpus_for(self, stage: str) -> int:
+        return 1
+
+
+def orchestration_settings(ws: Path) -> tuple[OrchestrationParams | DefaultOrchestration, str | None]:
+    """params.yaml `orchestration` (checked as strictly as ever when present), else the defaults and the line
+    that says so."""
+    path = ws / "params.yaml"
+    params = load_params(path) if path.exists() else {}
+    if "orchestration" in params:
+        return section(OrchestrationParams, "orchestration", params, path=path), None
+    where = "params.yaml has no `orchestration` section" if path.exists() else "no params.yaml"
+    return DefaultOrchestration(), (f"{where}: running with the defaults, no stage timeout and 1 CPU per stage "
+                                    "(docs/orchestration.md, 'Any DVC project')")
 
 
 @flow(name="fmnist-pipeline", log_prints=True)
@@ -50,9 +75,22 @@ def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None
     """
     log = get_run_logger()
     ws = Path(workspace or os.getcwd()).resolve()
+    try:
+        return _run_pipeline(ws, targets, retries, retry_delay_s, force, workers, dask_address, log)
+    except PipelineError as exc:
+        # A problem the user can fix (settings, the project, the remote), found before any stage started: its
+        # message, what to do, and a Failed run; Prefect would log a traceback for a raised exception.
+        log.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+
+
+def _run_pipeline(ws: Path, targets, retries, retry_delay_s, force, workers, dask_address, log):
+    check_workspace(ws)
+    orchestration, defaults_note = orchestration_settings(ws)
+    if defaults_note:
+        log.info(defaults_note)
     stages: list[Stage] = load_stages(ws, targets)
-    orchestration = section(OrchestrationParams, "orchestration", path=ws / "params.yaml")
-    log.info("workspace %s: %d stage(s) from dvc.yaml in order: %s", ws, len(stages), ", ".join(s.name for s in stages))
+    log.info("workspace %s: %d stage(s) from DVC in order: %s", ws, len(stages), ", ".join(s.name for s in stages))
     state = fingerprint.load_state(ws)
     try:
         source_fp = fingerprint.compute(ws, state.get("last_seen"))

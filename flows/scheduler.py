@@ -77,6 +77,7 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
     workers' DVC commands are stopped, nothing more is recorded, and the interrupt propagates: the next run
     starts from what dvc.lock holds.
     """
+    local_only: set[str] = set()      # portable, but an input of theirs would be missing on a worker
     if runner is not None:
         remote_url = default_remote_url(ws)
         snapshot = take_snapshot(ws)
@@ -85,6 +86,18 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
         log.info("parallel run on %d Dask worker(s) (%s); stage outputs travel through the DVC remote %s; "
                  "workspace sources: %d files, %.1f MiB", shape.workers, client.scheduler.address, remote_url,
                  snapshot.files, len(snapshot.archive) / 2**20)
+        record_files = sorted({s.record_file for s in stages})
+        for stage in (s for s in stages if s.portable):
+            # Inputs git ignores and no stage writes would be missing from a worker's clone. A stage that reads
+            # uncached outputs of such a stage stays here too: `dvc push` cannot send them to a worker.
+            missing = [p for p in stage.inputs if not snapshot.holds(p)]
+            uncached = [s.name for s in stages if s.name in local_only and s.name in stage.upstream
+                        and not s.outs_cached]
+            if missing or uncached:
+                local_only.add(stage.name)
+                why = (f"git does not ship its input(s) {', '.join(missing)}" if missing
+                       else f"it reads uncached outputs of {', '.join(uncached)}, which runs in the workspace")
+                log.info("stage '%s' runs in the workspace, not on a worker: %s", stage.name, why)
     outcomes: dict[str, dict[str, Any]] = {}
     done: set[str] = set()            # recorded in the workspace's dvc.lock (or up to date)
     failed: set[str] = set()          # failed, or not run because an upstream stage failed
@@ -137,11 +150,12 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
         resources = stage_resources(stage, orchestration.cpus_for(stage.name), wants_gpu(stage.name), shape)
         task_run = run_stage_on_worker.with_options(name=f"dvc-{stage.name}", task_run_name=stage.name,
                                                     retries=retries, retry_delay_seconds=retry_delay_s)
-        lock_text = (ws / "dvc.lock").read_text(encoding="utf-8") if (ws / "dvc.lock").exists() else ""
+        records = {path: (ws / path).read_text(encoding="utf-8") if (ws / path).exists() else ""
+                   for path in record_files}
         with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
             future = runner.submit(task_run, parameters={
                 "stage": stage.name, "upstream": list(stage.upstream), "snapshot": snapshot,
-                "lock_text": lock_text, "remote_url": remote_url, "cpus": resources.get("CPU", 1),
+                "records": records, "remote_url": remote_url, "cpus": resources.get("CPU", 1),
                 "timeout_s": orchestration.timeout_for(stage.name)})
         in_flight[future] = stage.name
         log.info("stage '%s' dispatched to the Dask cluster (resources %s)", stage.name, resources or "none")
@@ -182,7 +196,7 @@ def run_stages(ws: Path, stages: list[Stage], runner, *, stale: set[str] | None,
                     if not done.issuperset(stage.upstream):
                         continue
                     up_to_date = stale is not None and name not in stale and not ran.intersection(stage.upstream)
-                    if runner is None or up_to_date or not stage.portable:
+                    if runner is None or up_to_date or not stage.portable or name in local_only:
                         finish_locally(stage, up_to_date)
                     else:
                         dispatch(stage)
