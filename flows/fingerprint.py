@@ -25,7 +25,7 @@ from typing import Any
 from pipeline import io
 from pipeline.data.fetch import IDX_NAMES
 from pipeline.errors import PipelineError
-from pipeline.params import FetchParams, section
+from pipeline.params import FetchParams, load_params, section
 
 from flows import STATE_DIR
 from flows.dag import data_sources
@@ -67,8 +67,6 @@ def configured_source(workspace: str | os.PathLike) -> tuple[str, float]:
 
 def _fetch_source(workspace: str | os.PathLike) -> tuple[str, float] | None:
     """configured_source where params.yaml has a `fetch.source` (this project), else None."""
-    from pipeline.params import load_params
-
     path = Path(workspace) / "params.yaml"
     fetch = (load_params(path) if path.exists() else {}).get("fetch")
     return configured_source(workspace) if isinstance(fetch, dict) and "source" in fetch else None
