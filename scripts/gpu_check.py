@@ -10,7 +10,8 @@ test set, print one table. What `scripts/gpu-check.sh` runs on a lent GPU machin
 - Training and evaluation: the stages' own CLIs (`python -m pipeline train` / `evaluate`: pipeline.cli.main), one
   after the other in this one process (one JAX start, no TensorFlow), with params.yaml plus the --set overrides
   (written to <work>/params.yaml). On a GPU, `train.gpu_variant: auto` trains cnn-ours' GPU variant.
-- Order: seed by seed, every model of a seed before the next seed, so a budget cut leaves whole seeds.
+- Order: model by model, cnn-ours (the one whose GPU accuracy is the open question) first, each model's seeds
+  together; a budget cut then leaves cnn-ours' seeds whole and stops at the paper-A CNNs' last runs.
 - Budget: no run starts after --budget-s seconds, and a run still going then is stopped (the table says so), so
   the table comes back from one 10-minute device call.
 - Output: the table on stdout and in <work>/gpu-check.md and .json (rewritten after every run), copied to --out;
@@ -79,10 +80,11 @@ def parse_set(items: list[str]) -> list[tuple[str, object]]:
 
 
 def keras_models(params: dict) -> list[str]:
-    """The Keras models of params.yaml `train.models` (the default set's CNNs), in its order."""
+    """The Keras models of params.yaml `train.models` (the default set's CNNs), cnn-ours first."""
     from pipeline.models import registry
 
-    return [m for m in params["train"]["models"] if registry.get(m).family == "keras"]
+    models = [m for m in params["train"]["models"] if registry.get(m).family == "keras"]
+    return sorted(models, key=lambda m: m != "cnn-ours")
 
 
 def prepare_data(idx: Path, work: Path, params: dict, test_rows: int | None) -> dict[str, int]:
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also copy gpu-check.{md,json} here (e.g. $OUT)")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--models", nargs="+", default=None,
-                    help="default: the Keras models of params.yaml train.models (the default set's CNNs)")
+                    help="in this order (default: the Keras models of params.yaml train.models, the default "
+                         "set's CNNs, cnn-ours first)")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params.yaml key (YAML value), e.g. models.cnn-ours.epochs=1; repeatable")
@@ -271,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     params_path = str(work / "params.yaml")
     rows: list[dict] = []
     failed = False
-    for seed in args.seeds:
-        for model in models:
+    for model in models:
+        for seed in args.seeds:
             log_path = work / "logs" / f"{model}-seed-{seed}.log"
             if time.monotonic() >= stop_at:
                 rows.append(row_for(work, model, seed, "not started: budget"))
