@@ -60,4 +60,4 @@ if [ ! -d "$IDX" ]; then
   exit 2
 fi
 nvidia-smi -L 2>/dev/null || echo "gpu-check: nvidia-smi lists no GPU here: this is a run on the CPU"
-exec "$PY" -m scripts.gpu_check --idx "$IDX" --work "$WORK" ${OUT:+--out "$OUT"} "$@"
+exec "$PY" scripts/gpu_check.py --idx "$IDX" --work "$WORK" ${OUT:+--out "$OUT"} "$@"

@@ -1,7 +1,7 @@
 """The GPU check: train the default set's CNNs for 3 seeds each on the real split, evaluate each on the official
 test set, print one table. What `scripts/gpu-check.sh` runs on a lent GPU machine (JAX, no TensorFlow).
 
-    KERAS_BACKEND=jax python -m scripts.gpu_check --idx DIR --work DIR [--out DIR] [--models ...] [--seeds ...]
+    KERAS_BACKEND=jax python scripts/gpu_check.py --idx DIR --work DIR [--out DIR] [--models ...] [--seeds ...]
         [--set KEY=VALUE ...] [--test-rows N] [--budget-s S]
 
 - Data: the four official IDX files in --idx, checked by SHA-256 (pipeline.data.fetch.load_idx_dir), split as
@@ -115,7 +115,14 @@ def _alarm(signum, frame):
 
 def run_stage(argv: list[str], log_path: Path, stop_at: float) -> int:
     """One `python -m pipeline ...` call in this process, its stdout and stderr to `log_path`; stopped at `stop_at`
-    (time.monotonic()) by SIGALRM."""
+    (time.monotonic()) by SIGALRM (exit status 130, as for an interrupted stage)."""
+    try:
+        return _run_stage(argv, log_path, stop_at)
+    except OverBudget:   # the alarm went off just as the stage returned
+        return 130
+
+
+def _run_stage(argv: list[str], log_path: Path, stop_at: float) -> int:
     remaining = stop_at - time.monotonic()
     if remaining <= 1:
         return 130
@@ -227,7 +234,7 @@ def write_report(work: Path, out: Path | None, rows: list[dict], info: dict) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.gpu_check", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--idx", type=Path, required=True, help="directory of the four official IDX files (.gz or not)")
     ap.add_argument("--work", type=Path, required=True, help="scratch directory (data, models, metrics, logs)")
@@ -254,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         params["train"]["models"] = list(models)
         build(TrainParams, params["train"], "train")
         work = args.work.resolve()
+        for stale in ("models", "metrics", "logs", ".checkpoints"):   # every figure in the table is this call's
+            shutil.rmtree(work / stale, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         t0 = time.monotonic()
