@@ -81,7 +81,7 @@ def parse_set(items: list[str]) -> list[tuple[str, object]]:
 
 def keras_models(params: dict) -> list[str]:
     """The Keras models of params.yaml `train.models` (the default set's CNNs), cnn-ours first."""
-    from pipeline.models import registry
+    from pipeline.models import registry   # after --set is read: no import cost for a bad override
 
     models = [m for m in params["train"]["models"] if registry.get(m).family == "keras"]
     return sorted(models, key=lambda m: m != "cnn-ours")
@@ -89,8 +89,8 @@ def keras_models(params: dict) -> list[str]:
 
 def prepare_data(idx: Path, work: Path, params: dict, test_rows: int | None) -> dict[str, int]:
     """data/split/{train,val}.npz and data/processed/test.npz under `work`, from the verified IDX files."""
-    from pipeline.data.fetch import load_idx_dir
-    from pipeline.data.split import stratified_split
+    from pipeline.data.fetch import load_idx_dir   # pyarrow loads only when data are made
+    from pipeline.data.split import stratified_split   # scikit-learn likewise
 
     data = load_idx_dir(idx)
     x, y = data["train"]
