@@ -179,6 +179,10 @@ class TrainParams:
     mixed_precision: Literal[True, False, "auto"]
     # TensorFlow backend: feed Keras from a tf.data pipeline (cache/shuffle/prefetch); else NumPy arrays.
     tf_data: bool
+    # A model's GPU variant (`models.<name>.gpu`, overrides of its own keys): "auto" = used when the Keras backend
+    # trains on a GPU; true = always (e.g. to try it on the CPU); false = never
+    # (pipeline.training.train.resolve_gpu_variant).
+    gpu_variant: Literal[True, False, "auto"]
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:

@@ -181,3 +181,94 @@ def test_readme_gpu_command_lists_every_registered_cnn():
     assert sorted(m for m in listed if registry.get(m).family == "keras") == sorted(keras_models)
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["models"]
     assert set(shipped) <= set(listed), "the command keeps the default model set and adds the opt-in CNNs"
+
+
+# ------------------------------------------------------------------------------------ GPU variant (models.<name>.gpu)
+@pytest.mark.parametrize("setting, device, used", [
+    ("auto", "CPU", False), ("auto", "NVIDIA H200", True), (True, "CPU", True), (False, "NVIDIA H200", False),
+])
+def test_gpu_variant_resolution(setting, device, used):
+    from pipeline.training.train import resolve_gpu_variant
+
+    use, why = resolve_gpu_variant(setting, device)
+    assert use is used and why.startswith("on" if used else "off")
+
+
+def test_gpu_variant_param_accepts_true_false_auto_only():
+    shipped_train = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    assert shipped_train["gpu_variant"] == "auto"
+    for bad in ("yes", "gpu", 1, None):
+        with pytest.raises(PipelineError, match=r"train.gpu_variant` must be true, false or auto, got"):
+            build(TrainParams, {**shipped_train, "gpu_variant": bad}, "train")
+
+
+def test_gpu_variant_overrides_are_the_models_own_keys_checked():
+    from conftest import shipped_hyperparams
+    from pipeline.models import registry
+
+    spec, hp = registry.get("cnn-ours"), shipped_hyperparams("cnn-ours")
+    checked = spec.hyperparams(hp)
+    base, used = spec.for_device(checked, use_gpu_variant=False)
+    assert not used and base == {k: v for k, v in hp.items() if k != "gpu"}
+    variant, used = spec.for_device(checked, use_gpu_variant=True)
+    assert used and variant == {**base, **hp["gpu"]} and "gpu" not in variant
+    assert spec.for_device({**checked, "gpu": None}, use_gpu_variant=True) == (base, False)
+    with pytest.raises(PipelineError, match=r"unknown hyperparameter\(s\) in `models.cnn-ours.gpu`: epoch"):
+        spec.hyperparams({**hp, "gpu": {"epoch": 40}})
+    with pytest.raises(PipelineError, match=r"`models.cnn-ours.gpu.cutout` must be an integer, got 'big'"):
+        spec.hyperparams({**hp, "gpu": {"cutout": "big"}})
+    with pytest.raises(PipelineError, match=r"unknown hyperparameter\(s\) in `models.cnn-ours.gpu`: gpu"):
+        spec.hyperparams({**hp, "gpu": {"gpu": {}}})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"convs_per_block": [1, 2]}, r"`models.cnn-ours.convs_per_block` has 2 entries, `filters` 3"),
+    ({"convs_per_block": [1, 0, 1]}, r"convs_per_block` must be >= 1 per block"),
+    ({"cutout": 8}, r"`models.cnn-ours.cutout` must be 0 \(off\) or an odd side"),
+])
+def test_cnn_ours_builder_names_a_bad_block_setting(change, message):
+    from conftest import shipped_hyperparams
+    from pipeline.models import registry
+
+    spec = registry.get("cnn-ours")
+    with pytest.raises(PipelineError, match=message):
+        spec.build(spec.hyperparams({**shipped_hyperparams("cnn-ours"), **change}), seed=0, steps_per_epoch=1)
+
+
+def test_cutout_zeroes_one_square_in_about_half_the_training_images_only():
+    import keras
+
+    from pipeline.models.cnn import Cutout
+
+    keras.utils.set_random_seed(0)
+    x = np.ones((400, 28, 28, 1), dtype="float32")
+    layer = Cutout(9)
+    erased = 1.0 - keras.ops.convert_to_numpy(layer(x, training=True))
+    per_image = erased.reshape(400, -1).sum(axis=1)
+    hit = per_image > 0
+    assert 0.4 < hit.mean() < 0.6
+    # a 9x9 square, clipped at the border: between 5x5 (centred on a corner) and 9x9 pixels
+    assert per_image[hit].min() >= 25 and per_image[hit].max() == 81
+    rows, cols = np.nonzero(erased[np.argmax(per_image == 81), :, :, 0])
+    assert rows.max() - rows.min() == 8 and cols.max() - cols.min() == 8
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_cnn_ours_trains_its_gpu_variant_when_a_gpu_is_reported(small_split, monkeypatch, capsys):
+    """train.gpu_variant: auto and a (faked) GPU: the GPU variant's values are trained and recorded."""
+    from conftest import shipped_hyperparams
+    from pipeline.models import registry
+    from pipeline.training import train
+
+    monkeypatch.setattr(train, "detect_device", lambda: "NVIDIA H200 (faked)")
+    (x, y), (xv, yv) = small_split["train"], small_split["val"]
+    hp = {**shipped_hyperparams("cnn-ours"), "epochs": 1, "batch_size": 64}
+    hp["gpu"] = {**hp["gpu"], "epochs": 1}
+    model, rows, meta = train.train_model(registry.get("cnn-ours"), hp, x[:128], y[:128], xv[:64], yv[:64],
+                                          seed=0, mixed_precision=False, gpu_variant="auto", verbose=0)
+    assert meta["gpu_variant"] is True and meta["device"] == "NVIDIA H200 (faked)"
+    assert meta["hyperparams"]["convs_per_block"] == hp["gpu"]["convs_per_block"] != hp["convs_per_block"]
+    assert meta["hyperparams"]["cutout"] == hp["gpu"]["cutout"] and "gpu" not in meta["hyperparams"]
+    assert any(layer.name == "cutout" for layer in model.layers)
+    assert "GPU variant (models.cnn-ours.gpu) on: NVIDIA H200 (faked) (train.gpu_variant: auto)" in \
+        capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from pipeline.errors import PipelineError
 from pipeline.schema import IMAGE_SIDE, N_CLASSES
 
 INPUT_SHAPE = (IMAGE_SIDE, IMAGE_SIDE, 1)   # channels-last grey images
@@ -96,13 +97,64 @@ def paper_b(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str
 
 
 # -------------------------------------------------------------------------------------------- ours
+CUTOUT_SHARE = 0.5   # cutout erases one square in this share of the training images (as in the ablation)
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class Cutout(layers.Layer):
+    """Cutout (random erasing): zero one `size` x `size` square (odd size, centred anywhere on the image, clipped
+    at the border) in half of the training images; inactive at inference. The ablation's `erase: 8` layer
+    (benchmarks/cnn_ablation.py) with its size named by the square's side (9 px)."""
+
+    def __init__(self, size: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.seed = int(size), seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        ops, n = keras.ops, keras.ops.shape(x)[0]
+        cy = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.generator)
+        cx = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.generator)
+        on = keras.random.uniform((n, 1, 1, 1), seed=self.generator) < CUTOUT_SHARE
+        rows = ops.reshape(ops.arange(IMAGE_SIDE), (1, IMAGE_SIDE, 1, 1))
+        cols = ops.reshape(ops.arange(IMAGE_SIDE), (1, 1, IMAGE_SIDE, 1))
+        half = self.size // 2
+        erase = (ops.abs(rows - cy) <= half) & (ops.abs(cols - cx) <= half) & on
+        return x * (1.0 - ops.cast(erase, x.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
+
+
+def _check_ours(hp: dict[str, Any], name: str) -> None:
+    blocks = len(hp["filters"])
+    for key in ("convs_per_block", "batch_norm_conv", "dropout_conv"):
+        if len(hp[key]) != blocks:
+            raise PipelineError(f"params.yaml: `models.{name}.{key}` has {len(hp[key])} entries, `filters` "
+                                f"{blocks}: one per block", hint=f"give `{key}` one entry per entry of `filters`")
+    if any(n < 1 for n in hp["convs_per_block"]):
+        raise PipelineError(f"params.yaml: `models.{name}.convs_per_block` must be >= 1 per block, "
+                            f"got {hp['convs_per_block']}")
+    cutout = int(hp["cutout"])
+    if cutout < 0 or (cutout and cutout % 2 == 0) or cutout > IMAGE_SIDE:
+        raise PipelineError(f"params.yaml: `models.{name}.cutout` must be 0 (off) or an odd side in pixels up to "
+                            f"{IMAGE_SIDE}, got {cutout}", hint="e.g. 9 (a 9x9 square, as in the ablation)")
+
+
 def ours(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -> keras.Model:
-    """3 x (conv3x3[-BN]-ReLU -> maxpool -> dropout), dense + BN + dropout, softmax; cosine-decayed AdamW.
+    """3 x (n x conv3x3[-BN]-ReLU -> maxpool -> dropout), dense + BN + dropout, softmax; cosine-decayed AdamW.
 
     Sized for the CPU budget: one conv per block (a second one per block costs about twice the time per
     epoch; docs/results/cnn-ours-ablation), BN optional per block (`batch_norm_conv`), and a third cheap
-    7x7 block so the dense layer sees only 3x3x128.
+    7x7 block so the dense layer sees only 3x3x128. `convs_per_block` and `cutout` are what the GPU variant
+    (params.yaml `models.cnn-ours.gpu`) spends its extra compute on.
     """
+    _check_ours(hp, name)
 
     def conv(filters, batch_norm):
         if not batch_norm:
@@ -117,8 +169,13 @@ def ours(hp: dict[str, Any], steps_per_epoch: int | None = None, *, name: str) -
         shift = float(hp["shift"])
         if shift > 0:
             stack.append(layers.RandomTranslation(shift, shift, fill_mode="constant", fill_value=0.0))
-    for filters, batch_norm, drop in zip(hp["filters"], hp["batch_norm_conv"], hp["dropout_conv"], strict=True):
-        stack += conv(filters, batch_norm) + [layers.MaxPooling2D(2), layers.Dropout(drop)]
+    if hp["cutout"]:
+        stack.append(Cutout(hp["cutout"], name="cutout"))
+    for filters, n_convs, batch_norm, drop in zip(hp["filters"], hp["convs_per_block"], hp["batch_norm_conv"],
+                                                  hp["dropout_conv"], strict=True):
+        for _ in range(n_convs):
+            stack += conv(filters, batch_norm)
+        stack += [layers.MaxPooling2D(2), layers.Dropout(drop)]
     stack += [layers.Flatten(),
               layers.Dense(hp["dense_units"], use_bias=False),
               layers.BatchNormalization(), layers.Activation("relu"),

@@ -27,6 +27,9 @@ from pipeline.schema import CLASS_NAMES, IMAGE_SIDE, N_CLASSES, N_PIXELS
 
 KERAS_FILE = "model.keras"
 SKOPS_FILE = "model.skops"
+# A model's GPU variant (params.yaml `models.<name>.gpu`): overrides of its own keys, used instead of them when
+# it trains on a GPU (train.gpu_variant); null = none. Only models that list this key have one.
+GPU_KEY = "gpu"
 
 PAPER_A = "Paper A"
 PAPER_B = "Paper B"
@@ -41,7 +44,8 @@ HYPERPARAMETER_TYPES: dict[str, Any] = {
     "epochs": int, "batch_size": int, "learning_rate": float, "rho": float, "weight_decay": float,
     "filters": list[int], "dense_units": int | list[int], "dropout": float, "dropout_conv": float | list[float],
     "dropout_dense": float, "padding": str, "batch_norm_conv": list[bool], "augment": bool, "shift": float,
-    "label_smoothing": float, "test_time_flip": bool,
+    "label_smoothing": float, "test_time_flip": bool, "convs_per_block": list[int], "cutout": int,
+    "gpu": dict[str, Any] | None,
     "C": float, "kernel": str, "cache_size": float, "train_eval_samples": int, "n_estimators": int,
     "max_depth": int | None, "criterion": str, "n_jobs": int | None, "activation": str,
     "hidden_layer_sizes": list[int], "max_iter": int, "n_neighbors": int, "p": float, "weights": str,
@@ -86,7 +90,30 @@ class ModelSpec:
                      "(see the shipped params.yaml for the published recipe's values)")
         for key in self.hyperparameters:
             check_type(values[key], HYPERPARAMETER_TYPES[key], f"models.{self.name}.{key}")
+        if values.get(GPU_KEY) is not None:
+            values[GPU_KEY] = self._gpu_overrides(values[GPU_KEY])
         return values
+
+    def _gpu_overrides(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """`models.<name>.gpu`: a mapping of some of this model's own keys (not `gpu`), each of its type."""
+        own = [k for k in self.hyperparameters if k != GPU_KEY]
+        unknown = sorted(set(overrides) - set(own))
+        if unknown:
+            raise PipelineError(
+                f"params.yaml: unknown hyperparameter(s) in `models.{self.name}.{GPU_KEY}`: {', '.join(unknown)}",
+                hint=f"the GPU variant overrides some of the model's own keys: {', '.join(own)}")
+        for key, value in overrides.items():
+            check_type(value, HYPERPARAMETER_TYPES[key], f"models.{self.name}.{GPU_KEY}.{key}")
+        return dict(overrides)
+
+    def for_device(self, hp: Mapping[str, Any], use_gpu_variant: bool) -> tuple[dict[str, Any], bool]:
+        """Checked hyperparameters -> (the values to train with, whether they are the GPU variant's): the base
+        values with `gpu`'s overrides applied when `use_gpu_variant` and the model has a GPU variant."""
+        base = {k: v for k, v in hp.items() if k != GPU_KEY}
+        overrides = hp.get(GPU_KEY)
+        if use_gpu_variant and overrides:
+            return {**base, **overrides}, True
+        return base, False
 
     def build(self, hp: Mapping[str, Any], *, seed: int, steps_per_epoch: int | None = None,
               exact_gradient_boosting: bool = False):
@@ -155,8 +182,9 @@ _PAPER_A_SIMPLE_KEYS = ("epochs", "batch_size", "learning_rate", "rho", "filters
                         "dropout_conv", "dropout_dense")
 _PAPER_B_KEYS = ("epochs", "batch_size", "learning_rate", "filters", "dense_units", "padding",
                  "dropout_conv", "dropout_dense")
-_OURS_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "filters", "batch_norm_conv",
-              "dropout_conv", "dense_units", "dropout_dense", "augment", "shift", "label_smoothing", "test_time_flip")
+_OURS_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "filters", "convs_per_block",
+              "batch_norm_conv", "dropout_conv", "dense_units", "dropout_dense", "augment", "shift", "cutout",
+              "label_smoothing", "test_time_flip", GPU_KEY)
 # Every baseline also scores this many training rows for its train accuracy (all 48k would double SVC/KNN).
 _SK = ("train_eval_samples",)
 
@@ -352,6 +380,8 @@ def load_keras(path: Path, compile: bool = False):
     import zipfile
 
     import keras
+
+    from pipeline.models import cnn  # noqa: F401  (registers cnn-ours' Cutout layer for loading; Keras loads lazily)
     if not zipfile.is_zipfile(path):
         raise PipelineError(f"{path}: not a .keras archive", hint="retrain the model; never load pickles")
     try:

@@ -89,6 +89,18 @@ def resolve_mixed_precision(setting: bool | str, device: str,
     return True, f"on: {device} (train.mixed_precision: auto)"
 
 
+def resolve_gpu_variant(setting: bool | str, device: str) -> tuple[bool, str]:
+    """params.yaml `train.gpu_variant` (True | False | "auto") on `device` ('CPU' or the GPU's name) -> (train a
+    model's GPU variant, `models.<name>.gpu`, where it has one?, why)."""
+    if setting is False:
+        return False, "off (train.gpu_variant: false)"
+    if setting is True:
+        return True, f"on{'' if device == 'CPU' else ': ' + device} (train.gpu_variant: true)"
+    if device == "CPU":
+        return False, "off: no GPU visible (train.gpu_variant: auto)"
+    return True, f"on: {device} (train.gpu_variant: auto)"
+
+
 def fingerprint(spec: ModelSpec, hp: dict, seed: int, x_train, y_train, x_val, y_val, extra: dict) -> str:
     digest = hashlib.sha256(json.dumps(
         {"model": spec.name, "hp": hp, "seed": seed, "extra": extra}, sort_keys=True, default=str).encode())
@@ -128,7 +140,8 @@ def _f(v) -> float | None:
 
 
 def _datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int, use_tf_data: bool):
-    """(train, val) as tf.data pipelines (TensorFlow backend) or as NumPy arrays (any backend)."""
+    """(train, val) as tf.data pipelines (TensorFlow backend) or as NumPy arrays (any backend: tf.data is
+    TensorFlow's, and the JAX and PyTorch backends must run where TensorFlow is not installed)."""
     if use_tf_data and keras_backend() == "tensorflow":
         import tensorflow as tf
 
@@ -155,10 +168,19 @@ def _datasets(x_train, y_train, x_val, y_val, batch_size: int, seed: int, use_tf
 
 
 def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_dir, callbacks,
-                 mixed_precision, use_tf_data, verbose):
+                 mixed_precision, gpu_variant, use_tf_data, verbose):
     import keras
 
     device = detect_device()
+    if hp.get(registry.GPU_KEY):
+        use_variant, why = resolve_gpu_variant(gpu_variant, device)
+        log(f"train [{spec.name}]: GPU variant (models.{spec.name}.{registry.GPU_KEY}) {why}")
+    else:
+        use_variant = False
+    hp, use_variant = spec.for_device(hp, use_variant)
+    if use_tf_data and keras_backend() != "tensorflow":
+        log(f"train [{spec.name}]: train.tf_data is for the TensorFlow backend; keras/{keras_backend()} reads "
+            "NumPy arrays")
     use_mp, why = resolve_mixed_precision(mixed_precision, device,
                                           gpu_compute_capability() if device != "CPU" else None)
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
@@ -204,7 +226,7 @@ def _train_keras(spec, hp, x_train, y_train, x_val, y_val, *, seed, checkpoint_d
         "params_count": _trainable(model), "train_time_s": round(train_time, 3),
         "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
         "train_accuracy": last.get("accuracy"), "train_loss": last.get("loss"),
-        "resumed_from_epoch": initial_epoch or None,
+        "resumed_from_epoch": initial_epoch or None, "hyperparams": hp, "gpu_variant": use_variant,
     }
     if hp.get("test_time_flip"):
         # Evaluation predicts with flip averaging (registry.load_predictor), so the validation figure
@@ -277,7 +299,7 @@ def _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, *, seed, exact_grad
 def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray,
                 x_val: np.ndarray, y_val: np.ndarray, *, seed: int = 42, checkpoint_dir: Path | None = None,
                 callbacks: Iterable = (), mixed_precision: bool | str = False, exact_gradient_boosting: bool = False,
-                use_tf_data: bool = True, verbose: int = 2):
+                gpu_variant: bool | str = False, use_tf_data: bool = True, verbose: int = 2):
     """Train `spec` on uint8 images (N,28,28) + int labels. Returns (model, history rows, train.json dict).
 
     Writes nothing except the Keras epoch checkpoint in `checkpoint_dir` (if given).
@@ -286,8 +308,8 @@ def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarra
     if spec.family == "keras":
         model, rows, meta = _train_keras(spec, hp, x_train, y_train, x_val, y_val, seed=seed,
                                          checkpoint_dir=checkpoint_dir, callbacks=callbacks,
-                                         mixed_precision=mixed_precision, use_tf_data=use_tf_data,
-                                         verbose=verbose)
+                                         mixed_precision=mixed_precision, gpu_variant=gpu_variant,
+                                         use_tf_data=use_tf_data, verbose=verbose)
     else:
         model, rows, meta = _train_sklearn(spec, hp, x_train, y_train, x_val, y_val, seed=seed,
                                            exact_gradient_boosting=exact_gradient_boosting)
@@ -298,8 +320,11 @@ def train_model(spec: ModelSpec, hyperparams: dict[str, Any], x_train: np.ndarra
         "val_accuracy": meta["val_accuracy"], "val_loss": meta["val_loss"],
         **{k: meta[k] for k in ("val_accuracy_single_view", "val_loss_single_view") if k in meta},
         "train_accuracy": meta["train_accuracy"], "train_loss": meta["train_loss"],
-        "hyperparams": hp, "stand_in_for": spec.effective_stand_in_for(exact_gradient_boosting),
+        # the values trained with: a Keras model's GPU variant applied where it was used
+        "hyperparams": meta.get("hyperparams", hp),
+        "stand_in_for": spec.effective_stand_in_for(exact_gradient_boosting),
         "resumed_from_epoch": meta["resumed_from_epoch"],
+        **({"gpu_variant": meta["gpu_variant"]} if hp.get(registry.GPU_KEY) else {}),
     }
     return model, rows, meta
 
@@ -344,7 +369,7 @@ def run(name: str, data: Path, out: Path, params: dict[str, Any], *, seed: int |
     ckpt = run_dir(checkpoint_root or CHECKPOINT_ROOT, name, seed) if spec.family == "keras" else None
     model, rows, meta = train_model(
         spec, hyperparams, train["x"], train["y"], val["x"], val["y"], seed=seed, checkpoint_dir=ckpt,
-        callbacks=callbacks, mixed_precision=tp.mixed_precision,
+        callbacks=callbacks, mixed_precision=tp.mixed_precision, gpu_variant=tp.gpu_variant,
         exact_gradient_boosting=tp.exact_gradient_boosting, use_tf_data=tp.tf_data, verbose=verbose)
     save_artifacts(out, model, spec.family, rows, meta)
     if ckpt is not None:
