@@ -46,7 +46,7 @@ from pipeline.models import registry
 
 from flows import dask_logs
 from flows.dag import Stage
-from flows.dvc import RUNNING_GROUPS, dvc_env, run_dvc, run_dvc_stage
+from flows.dvc_calls import RUNNING_GROUPS, dvc_env, run_dvc, run_dvc_stage
 from flows.failures import raise_for_failure, retry_if_transient, step_failed
 
 DASK_LOGS = Path(__file__).with_name("dask_logs.py")   # a worker preload, by path

@@ -29,7 +29,7 @@ from pipeline.params import OrchestrationParams, load_params, section
 from flows import STATE_DIR, fingerprint
 from flows.artifacts import publish_artifacts
 from flows.dag import Stage, check_workspace, load_stages
-from flows.dvc import stale_stages
+from flows.dvc_calls import stale_stages
 from flows.failures import ValidationGateFailed
 from flows.parallel import dask_task_runner
 from flows.scheduler import run_stages

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.states import Completed
 
 from flows.dag import Stage
-from flows.dvc import run_dvc, run_dvc_stage
+from flows.dvc_calls import run_dvc, run_dvc_stage
 from flows.failures import failed_status, failure_of, raise_for_failure, retry_if_transient, step_failed
 from flows.parallel import (cluster_shape, default_remote_url, run_stage_on_worker, stage_resources,
                             stop_stage_processes, take_snapshot, wants_gpu)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.dvc import dvc_env, dvc_executable  # noqa: F401  (dvc_env: re-exported for tests)
+from flows.dvc_calls import dvc_env, dvc_executable  # noqa: F401  (dvc_env: re-exported for tests)
 from flows.runtime import configure_environment
 from pipeline.data.fetch import load_idx_dir, to_kaggle_table, write_kaggle_csv
 from pipeline.params import load_params
@@ -152,7 +152,7 @@ def make_workspace(dest: Path, fmnist, *, train_rows: int = 1000, test_rows: int
 
 
 def run_dvc(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`dvc <args>` in `cwd`, with flows/dvc.py's executable and environment (the one home of both)."""
+    """`dvc <args>` in `cwd`, with flows/dvc_calls.py's executable and environment (the one home of both)."""
     return subprocess.run([dvc_executable(), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True,
                           timeout=timeout)
 

@@ -295,7 +295,7 @@ def test_not_the_project_root_is_a_clear_error_with_no_traceback(prefect_server,
 
     from prefect.settings import PREFECT_API_URL
 
-    from flows.dvc import flow_env
+    from flows.dvc_calls import flow_env
 
     proc = subprocess.run([sys.executable, "-m", "flows", "run", "--workspace", str(base / "sub")],
                           env=flow_env(PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=os.getcwd()),

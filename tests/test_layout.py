@@ -233,3 +233,15 @@ def test_readme_code_map_names_every_package():
                        for p in (REPO / pkg).rglob("__init__.py")})
     missing = [p for p in packages if f"{p}/" not in section.group(1)]
     assert missing == []
+
+
+def test_no_flows_module_shadows_a_library():
+    """Prefect runs a served deployment's flow from its file (flows/pipeline_flow.py), with flows/ first on
+    sys.path: a flows/dvc.py there made `import dvc.exceptions` fail inside DVC's own code."""
+    import importlib.metadata
+    import sys
+
+    top_level = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    files, _ = import_graph()
+    shadows = sorted(name for name, path in files.items() if name.startswith("flows.") and path.stem in top_level)
+    assert shadows == []

@@ -23,7 +23,7 @@ from conftest import CHEAP, MODELS, SLICE, copy_workspace, make_workspace, run_d
 from pipeline.errors import PipelineError
 
 from flows.dag import Stage, load_stages
-from flows.dvc import flow_env
+from flows.dvc_calls import flow_env
 from flows.failures import StageFailed, ValidationGateFailed
 from flows.parallel import (ClusterShape, cache_every_output, local_worker_specs, stage_resources, take_snapshot,
                             thread_env, wants_gpu)

@@ -29,7 +29,7 @@ import pytest
 from conftest import REPO, copy_workspace
 
 from flows import DATASET_CHANGED_EVENT, fingerprint
-from flows.dvc import dvc_env
+from flows.dvc_calls import dvc_env
 from flows.watcher import resource_id
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
-from flows.dvc import dvc_env, dvc_executable
+from flows.dvc_calls import dvc_env, dvc_executable
 from tests.conftest import REPO, SLICE, make_workspace, run_cli, run_dvc, shipped_validate_params, write_csv_slice
 
 # dvc.yaml's ingest command (the stage CLIs take their paths from dvc.yaml; they have no defaults).

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.harness import REPO, Row, Section, log, median, run_cmd
-from flows.dvc import dvc_env, dvc_executable
+from flows.dvc_calls import dvc_env, dvc_executable
 
 
 def run(workspace: Path, repeats: int, target: str | None = None) -> Section:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import REPO, Row, Section, log
-from flows.dvc import dvc_env, dvc_executable, flow_env
+from flows.dvc_calls import dvc_env, dvc_executable, flow_env
 
 # What the flow logs when a stage ran: "stage 'X' ran in 12.3 s" (in the workspace) or
 # "stage 'X' ran on worker W in 12.3 s; outputs pushed" (on a Dask worker).

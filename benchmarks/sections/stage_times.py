@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import REPO, Section, log, run_cmd
-from flows.dvc import dvc_env, dvc_executable
+from flows.dvc_calls import dvc_env, dvc_executable
 
 
 def run(workspace: Path, force: bool = True) -> Section:
