@@ -61,11 +61,11 @@ run: setup
 
 ## test: the whole test suite (small real-data slices, tiny epoch counts); what CI runs.
 test: setup test-deps
-	python -m pytest -q --durations=15
+	python -m pytest -q -n 2 --durations=15
 
 ## check: the fast tier: every module's logic and every stage's bad-input handling, no end-to-end runs.
 check: setup test-deps
-	python -m pytest -q -m "not slow"
+	python -m pytest -q -n 2 -m "not slow"
 
 # What only the tests need (Chromium for the serve page's screenshot test); `make run` never installs it.
 test-deps:

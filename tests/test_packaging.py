@@ -72,6 +72,6 @@ def test_make_run_installs_only_what_the_pipeline_needs_and_make_test_adds_the_b
         assert re.search(r"^PYTHON=\S+ scripts/install-system-deps\.sh$", recipe, re.M), recipe
     assert "install-system-deps.sh --test" not in run
     assert "install-system-deps.sh --test" in test and "install-system-deps.sh --test" in check
-    assert 'pytest -q -m "not slow"' in check and re.search(r"pytest -q( -n \d+)?( --durations=\d+)?$", test, re.M)
+    assert re.search(r'pytest -q -n 2 -m "not slow"$', check, re.M) and re.search(r"pytest -q( -n \d+)?( --durations=\d+)?$", test, re.M)
     script = (REPO / "scripts/install-system-deps.sh").read_text()
     assert "python3.11-venv" in script and "chromium" in script
