@@ -20,7 +20,7 @@ import numpy as np
 
 import pipeline  # noqa: F401  (the TensorFlow environment, before Keras is imported)
 from pipeline import io
-from pipeline.models.cnn import INPUT_SHAPE
+from pipeline.models.cnn import INPUT_SHAPE, Cutout
 from pipeline.models.registry import preprocess
 from pipeline.schema import IMAGE_SIDE, N_CLASSES
 from pipeline.training.train import _datasets
@@ -44,27 +44,9 @@ def shipped_base() -> dict:
 
 
 def random_erase_layer(size: int):
-    """Cutout: zero one random size x size square in half of the training images (inactive at inference)."""
-    import keras
-
-    class RandomErase(keras.layers.Layer):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.gen = keras.random.SeedGenerator(1)
-
-        def call(self, x, training=None):
-            if not training:
-                return x
-            ops, n = keras.ops, keras.ops.shape(x)[0]
-            cy = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.gen)
-            cx = keras.random.randint((n, 1, 1, 1), 0, IMAGE_SIDE, seed=self.gen)
-            on = ops.cast(keras.random.uniform((n, 1, 1, 1), seed=self.gen) < 0.5, "float32")
-            rows = ops.reshape(ops.arange(IMAGE_SIDE), (1, IMAGE_SIDE, 1, 1))
-            cols = ops.reshape(ops.arange(IMAGE_SIDE), (1, 1, IMAGE_SIDE, 1))
-            mask = ops.cast((ops.abs(rows - cy) <= size // 2) & (ops.abs(cols - cx) <= size // 2), "float32")
-            return x * (1.0 - mask * on)
-
-    return RandomErase()
+    """Cutout: zero one random square of side 2*(size//2)+1 in half of the training images (inactive at
+    inference): the pipeline's own layer, seeded as the ablation always was."""
+    return Cutout(2 * (size // 2) + 1, seed=1)
 
 
 def build(c: dict, steps_per_epoch: int):
