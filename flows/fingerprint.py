@@ -139,7 +139,6 @@ def _head(url: str, timeout_s: float, offline_hint: str) -> dict[str, Any]:
 
 
 def fingerprint_url(base_url: str, timeout_s: float) -> dict[str, Any]:
-
     base = base_url if base_url.endswith("/") else base_url + "/"
     files: dict[str, dict[str, Any]] = {}
     hint = ("this machine may be offline; the watcher needs the mirror to be reachable for a URL source. "

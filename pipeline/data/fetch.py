@@ -217,7 +217,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     params = section(FetchParams, "fetch", path=args.params)
     # dvc.yaml is the one home of the paths: a hand-run fetch writes where `dvc repro fetch` would.
     out = args.out or command_option("fetch", "--out")

@@ -55,7 +55,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     params = section(ConvertParams, "convert", path=args.params)
     with io.atomic_dir(args.out) as tmp:
         if not params.images:

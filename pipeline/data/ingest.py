@@ -294,5 +294,4 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     ingest({split: args.raw / name for split, name in CSV_NAMES.items()}, args.out)

@@ -34,7 +34,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     out = args.out or Path(section(ValidateParams, "validate", path=args.params).drift["reference"])
     data = load_idx_dir(args.source)
     x = np.concatenate([data["train"][0], data["test"][0]])

@@ -43,7 +43,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     params = section(SplitParams, "split", path=args.params)
     data = io.load_arrays(args.processed / "train.npz")
     test = io.load_arrays(args.processed / "test.npz")

@@ -93,7 +93,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     raw = load_params(args.params)
     params = section(PublishParams, "publish", raw)
     train = build(TrainParams, raw.get("train", {}), "train")

@@ -179,7 +179,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     raw = load_params(args.params)
     params = section(ExportParams, "export", raw)

@@ -252,7 +252,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     raw = load_params(args.params)
     batch_size = section(PredictParams, "predict", raw).batch_size
     seed = seed_of(raw, args.seed)

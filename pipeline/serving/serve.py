@@ -96,7 +96,6 @@ class _Predictors:
         self._loaded: dict[str, tuple[Callable, threading.Lock]] = {}
 
     def predict(self, name: str, x: np.ndarray) -> np.ndarray:
-
         with self._lock:
             if name not in self._loaded:
                 self._loaded[name] = (self.loader(run_dir(self.models_dir, name, self.seed)), threading.Lock())

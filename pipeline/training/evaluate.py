@@ -156,7 +156,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     raw = load_params(args.params)
     params = section(EvaluateParams, "evaluate", raw)
     seed = seed_of(raw, args.seed)

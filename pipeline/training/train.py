@@ -394,7 +394,6 @@ def add_cli(parser) -> None:
 
 
 def cli(args) -> None:
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     params = load_params(args.params)
     seed = seed_of(params, args.seed)
