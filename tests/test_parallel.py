@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (Prefect/DVC environment defaults before prefect is imported)
+import psutil
 import pytest
 import yaml
 from conftest import CHEAP, MODELS, SLICE, copy_workspace, make_workspace, run_dvc, set_params
@@ -257,11 +258,13 @@ def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_s
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         # Interrupt while a worker runs a training: publish cannot have run yet, whatever the machine's speed.
+        # Only this flow's process tree counts: other runs on the machine share Dask's scratch directory.
         deadline = time.monotonic() + 300
-        while proc.poll() is None and not _stage_commands_running(ws, "train"):
+        while proc.poll() is None and not _stage_commands_running(ws, "train", under=proc.pid):
             assert time.monotonic() < deadline, "no training started"
             time.sleep(0.05)
         assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        tree = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -276,9 +279,9 @@ def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_s
         status = run_dvc("status", name, cwd=ws).stdout
         assert "Data and pipelines are up to date" in status, (name, status)
     deadline = time.monotonic() + 30
-    while _stage_commands_running(ws) and time.monotonic() < deadline:
+    while any(p.is_running() for p in tree) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _stage_commands_running(ws), "the workers' stage commands must be stopped"
+    assert not [p for p in tree if p.is_running()], "the workers and their stage commands must be stopped"
 
     state = pipeline_flow(workspace=str(ws), workers=2, retry_delay_s=0, return_state=True)
     assert state.is_completed(), state.message
@@ -288,17 +291,17 @@ def test_ctrl_c_leaves_no_half_recorded_stage_and_the_next_run_resumes(prefect_s
     assert "Data and pipelines are up to date" in run_dvc("status", cwd=ws).stdout
 
 
-def _stage_commands_running(ws: Path, stage: str = "") -> bool:
-    import psutil
-
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if f"-m pipeline {stage}" in cmdline and proc.pid != os.getpid():
-            try:
+def _stage_commands_running(ws: Path, stage: str = "", under: int | None = None) -> bool:
+    """A `python -m pipeline <stage>` command runs in ws or a worker clone (of process `under`'s tree, if given)."""
+    candidates = psutil.Process(under).children(recursive=True) if under else psutil.process_iter()
+    for proc in candidates:
+        try:
+            cmdline = " ".join(proc.cmdline())
+            if f"-m pipeline {stage}" in cmdline and proc.pid != os.getpid():
                 if "clone-" in proc.cwd() or proc.cwd() == str(ws):
                     return True
-            except (psutil.Error, OSError):
-                continue
+        except (psutil.Error, OSError):
+            continue
     return False
 
 
