@@ -23,6 +23,7 @@ from pipeline.params import (
     ValidateParams, section,
 )
 from pipeline.serving.predict import PredictParams
+from pipeline.serving.promote import PromoteParams
 from pipeline.serving.serve import ServeParams
 
 from tests.conftest import REPO, run_cli, shipped_params
@@ -31,7 +32,7 @@ from tests.conftest import REPO, run_cli, shipped_params
 SECTIONS = {
     "fetch": FetchParams, "validate": ValidateParams, "convert": ConvertParams, "split": SplitParams,
     "train": TrainParams, "evaluate": EvaluateParams, "publish": PublishParams, "predict": PredictParams,
-    "export": ExportParams, "serve": ServeParams, "orchestration": OrchestrationParams,
+    "export": ExportParams, "serve": ServeParams, "promote": PromoteParams, "orchestration": OrchestrationParams,
 }
 
 
