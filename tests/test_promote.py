@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import call_cli, run_cli, set_params
+from conftest import call_cli, run_cli, run_dvc, set_params
 
 from pipeline import io
 from pipeline.data.convert import load_test_set
@@ -150,6 +150,15 @@ def test_promote_first_champion_unchanged_rerun_refused_and_changed_test_set(ws)
     assert changed["champion"]["n"] == 2000
     assert changed["champion"]["accuracy"] == pytest.approx(accuracy_of(keras_dir, x[:2000], y[:2000]))
 
+    # Without --json: a short summary for a person.
+    proc = call_cli("promote", cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("promote: UNCHANGED: ") and "byte-identical" in lines[0]
+    assert lines[1].lstrip().startswith("challenger cnn-dropout-1 (seed 42)") and "on 2000 test images" in lines[1]
+    assert "(re-evaluated)" in lines[2] and "exact McNemar: 0 images" in lines[3]
+    assert lines[-1].startswith("  champion: v1 -> v1; record: registry/promotions/")
+
 
 def test_challenger_predictions_come_from_the_evaluate_stage_only_when_dvc_lock_vouches_for_them(ws):
     """The evaluate stage's predictions are used as they are when dvc.lock records them made on this very file."""
@@ -229,3 +238,33 @@ def test_flow_step_publishes_the_record_as_an_artifact(prefect_server, ws):
     assert "# Promotion: PROMOTED" in markdown and "gaussian-nb" in markdown and record["record"] in markdown
     subject, body = promotion_message(record)
     assert "gaussian-nb" in subject and "promoted" in subject and body == markdown
+
+
+def test_a_whole_dag_flow_run_ends_with_the_promotion_step_and_a_partial_run_does_not(prefect_server,
+                                                                                       models_workspace, tmp_path):
+    """On a real DVC workspace: the flow promotes after a whole-DAG run, from the evaluate stage's predictions
+    (dvc.lock vouches for them), and publishes the record; a run of some stages only promotes nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from conftest import copy_workspace
+    from flows.pipeline_flow import pipeline_flow
+    from flows.promotion import ARTIFACT_KEY
+
+    ws = copy_workspace(models_workspace.path, tmp_path / "ws", **{"promote.min_accuracy": 0.0})
+    partial = pipeline_flow(workspace=str(ws), targets=["split"], retry_delay_s=0, return_state=True)
+    assert partial.is_completed(), partial.message
+    assert not (ws / "registry").exists()
+    state = pipeline_flow(workspace=str(ws), retry_delay_s=0, return_state=True)
+    assert state.is_completed(), state.message
+    (record_path,) = (ws / "registry" / "promotions").glob("*.json")
+    record = json.loads(record_path.read_text())
+    best = max(("gaussian-nb", "decision-tree"),
+               key=lambda n: json.loads((ws / f"metrics/{n}/seed-42.json").read_text())["test"]["accuracy"])
+    assert record["decision"] == PROMOTED and record["challenger"]["model"] == best == releases.champion(ws).model
+    assert record["challenger"]["predictions"].endswith("(dvc.lock: evaluated on this test set)")
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert record["record"] in {a.key: a for a in found}[ARTIFACT_KEY].data
+    assert "Data and pipelines are up to date" in run_dvc("status", cwd=ws).stdout
