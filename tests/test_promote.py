@@ -121,6 +121,7 @@ def test_promote_first_champion_unchanged_rerun_refused_and_changed_test_set(ws)
     assert {ONNX_FILE, META_FILE, PREDICTIONS_FILE} <= {p.name for p in champion.path.iterdir()}
     assert json.loads((champion.path / META_FILE).read_text())["check"]["argmax_agreement"] == 1.0
     assert champion.meta["test_sha256"] == first["test_set"]["sha256"]
+    assert champion.meta["test_accuracy"] == first["challenger"]["accuracy"]
 
     # 2. The same model again: unchanged, scored from the version's stored predictions (same test set).
     again = promote(ws)

@@ -293,7 +293,8 @@ def _register(root: Path, raw: dict[str, Any], name: str, seed: int, model_dir: 
             export = section(ExportParams, "export", raw)
             export_model(name, model_dir, staging / "onnx", x[:export.check_images], max_abs_diff=export.max_abs_diff)
             extra |= {ONNX_FILE: staging / "onnx" / ONNX_FILE, META_FILE: staging / "onnx" / META_FILE}
-        meta = {"family": family, "model_sha256": digest, "test_sha256": test_sha, "source": str(model_dir)}
+        meta = {"family": family, "model_sha256": digest, "test_sha256": test_sha, "source": str(model_dir),
+                "test_accuracy": float(np.mean(np.asarray(y_pred) == np.asarray(y))), "test_n": int(len(y))}
         return releases.register(root, name, seed, model_dir, extra_files=extra, meta=meta), True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
