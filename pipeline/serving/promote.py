@@ -241,11 +241,10 @@ def run_promotion(root: Path, raw: dict[str, Any], seed: int | None, *, models_d
         after = version.number
     elif result.decision == UNCHANGED:
         version = current
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    record_path = releases.registry_dir(root) / PROMOTIONS_DIR / f"{stamp}-{result.decision}.json"
+    now = datetime.now(timezone.utc)
+    record_path = releases.registry_dir(root) / PROMOTIONS_DIR / f"{now:%Y%m%dT%H%M%S.%fZ}-{result.decision}.json"
     record = {
-        "decision": result.decision, "reason": result.reason,
-        "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "decision": result.decision, "reason": result.reason, "decided_at": now.isoformat(timespec="seconds"),
         "rule": {"alpha": params.alpha, "min_accuracy": params.min_accuracy,
                  "test": "exact two-sided McNemar (binomial) on paired predictions of the same images",
                  "candidates": names},
