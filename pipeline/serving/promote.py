@@ -328,9 +328,12 @@ def add_cli(parser) -> None:
                                                             "(the summary goes to stderr)")
     # Path defaults kept on purpose: run by hand and by the flow after a run; they are the paths dvc.yaml gives
     # the stages that write these inputs (tests/test_params.py keeps them equal).
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
-    parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"))
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="trained runs: <dir>/<model>/seed-<seed>")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"),
+                        help="the evaluate stage's outputs: <dir>/<model>/seed-<seed>.json")
+    parser.add_argument("--test", type=Path, default=Path("data/processed/test.npz"),
+                        help="the test set both models are scored on")
 
 
 def cli(args) -> None:
