@@ -269,3 +269,20 @@ def test_a_whole_dag_flow_run_ends_with_the_promotion_step_and_a_partial_run_doe
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert record["record"] in {a.key: a for a in found}[ARTIFACT_KEY].data
     assert "Data and pipelines are up to date" in run_dvc("status", cwd=ws).stdout
+
+
+def test_a_model_already_in_the_registry_is_not_copied_again(ws):
+    """Promoting back a model whose bytes are a version already points the alias at that version."""
+    from pipeline.params import load_params
+    from pipeline.serving.promote import _register, model_digest
+
+    x, y = load_test_set(ws / "data/processed/test.npz")
+    nb_dir = ws / "models/gaussian-nb/seed-42"
+    y_pred = registry.load_predictor(nb_dir)(x[:500]).argmax(1)
+    args = (ws, load_params(ws / "params.yaml"), "gaussian-nb", 42, nb_dir, model_digest(nb_dir), "sha", y[:500],
+            y_pred, x[:500])
+    first, new = _register(*args)
+    assert new and first.number == 1 and (first.path / "model.skops").is_file()
+    assert not (first.path / ONNX_FILE).exists(), "scikit-learn models stay skops files"
+    again, new = _register(*args)
+    assert not new and again.number == 1 and [v.number for v in releases.versions(ws)] == [1]
