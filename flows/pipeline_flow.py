@@ -8,7 +8,8 @@ By default stages run one after another, under a process-wide lock and a workspa
 run two stages in one checkout); with `workers` > 1 or a `dask_address`, independent stages run at the
 same time on Dask workers, each in a clone of its own (flows.parallel). Which failures are retried, and the
 data gate's terminal exit 3: flows.failures (a timeout comes from params.yaml `orchestration.stage_timeout_s`).
-Artifacts (validation summary, model comparison, run summary): flows.artifacts.
+Artifacts (validation summary, model comparison, run summary): flows.artifacts. After a successful whole-DAG
+run, the promotion step (flows.promotion) decides on the run's best model and publishes its record.
 Not about when to run: see flows.watcher and flows.deployments.
 """
 
@@ -32,6 +33,7 @@ from flows.dag import Stage, check_workspace, load_stages
 from flows.dvc_calls import stale_stages
 from flows.failures import ValidationGateFailed
 from flows.parallel import dask_task_runner
+from flows.promotion import PromotionFailed, promote_task, wants_promotion
 from flows.scheduler import run_stages
 
 
@@ -98,6 +100,10 @@ def _run_pipeline(ws: Path, targets, retries, retry_delay_s, force, workers, das
         log.warning("could not fingerprint the data source: %s", exc)
         source_fp = None
 
+    # Only a run that reached the end of the DAG has processed the data (and trained every model); a partial run
+    # (--target validate) must neither tell the watcher that this data source is done nor promote a model.
+    whole_dag = not targets or {s.name for s in stages} >= {s.name for s in load_stages(ws)}
+    promotion_error = None
     (ws / STATE_DIR).mkdir(exist_ok=True)
     with workspace_lock(ws, f"{STATE_DIR}/run.lock"):
         stale = None if force else stale_stages(ws)
@@ -108,16 +114,30 @@ def _run_pipeline(ws: Path, targets, retries, retry_delay_s, force, workers, das
             outcomes, failure = run_stages(ws, stages, runner, stale=stale, force=force, orchestration=orchestration,
                                            retries=retries, retry_delay_s=retry_delay_s, log=log)
         publish_artifacts(ws, outcomes)
+        if failure is None and whole_dag and wants_promotion(ws):
+            try:
+                promotion_record(ws, orchestration)
+            except PromotionFailed as exc:   # the stages did their work: record the data source first
+                promotion_error = exc
     if failure is not None:
         if isinstance(failure, ValidationGateFailed):
             log.error("pipeline stopped by the data-quality gate:\n%s", failure.reason)
         raise failure
-    # Only a run that reached the end of the DAG has processed the data; a partial run (--target validate)
-    # must not tell the watcher that this data source is done.
-    whole_dag = not targets or {s.name for s in stages} >= {s.name for s in load_stages(ws)}
     if source_fp is not None and whole_dag:
         fingerprint.save_state(ws, last_success=source_fp, last_seen=source_fp)
         log.info("recorded data-source fingerprint %s… as processed", source_fp["digest"][:12])
     elif source_fp is not None:
         log.info("partial run (targets %s): the data source is not recorded as processed", ", ".join(targets))
+    if promotion_error is not None:
+        raise promotion_error
     return outcomes
+
+
+def promotion_record(ws: Path, orchestration) -> dict[str, Any]:
+    """The promotion step of a successful whole-DAG run (flows.promotion): its record (decision, reason, figures).
+
+    The place to notify about the decision (flows/notify.py, issue 30, not wired yet):
+    `flows.promotion.promotion_message(record)` gives its subject and body.
+    """
+    record = promote_task(str(ws), orchestration.timeout_for("promote"))
+    return record

@@ -31,6 +31,8 @@ STAGES = {
     "predict": ("pipeline.serving.predict", "predict images, a directory, a Kaggle CSV or an NPZ with a trained model"),
     "export": ("pipeline.serving.export", "export a trained Keras model to ONNX, checked against Keras on test images"),
     "serve": ("pipeline.serving.serve", "HTTP service: POST /predict, GET /models, and a page to try a model on an image"),
+    "promote": ("pipeline.serving.promote", "after a run: make its best model the registry's champion unless it is "
+                                            "significantly worse (records the decision)"),
 }
 # Commands that only read the workspace: they run beside a `dvc repro` (serve for hours) without its lock.
 READ_ONLY = frozenset({"predict", "serve"})

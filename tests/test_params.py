@@ -23,6 +23,7 @@ from pipeline.params import (
     ValidateParams, section,
 )
 from pipeline.serving.predict import PredictParams
+from pipeline.serving.promote import PromoteParams
 from pipeline.serving.serve import ServeParams
 
 from tests.conftest import REPO, run_cli, shipped_params
@@ -31,7 +32,7 @@ from tests.conftest import REPO, run_cli, shipped_params
 SECTIONS = {
     "fetch": FetchParams, "validate": ValidateParams, "convert": ConvertParams, "split": SplitParams,
     "train": TrainParams, "evaluate": EvaluateParams, "publish": PublishParams, "predict": PredictParams,
-    "export": ExportParams, "serve": ServeParams, "orchestration": OrchestrationParams,
+    "export": ExportParams, "serve": ServeParams, "promote": PromoteParams, "orchestration": OrchestrationParams,
 }
 
 
@@ -159,7 +160,7 @@ def test_data_stage_paths_come_only_from_dvc_yaml(stage):
 def test_user_command_path_defaults_agree_with_dvc_yaml():
     """predict/serve/export are run by hand (README) where no dvc.yaml need be: their defaults must be
     the paths dvc.yaml gives the stages that write what they read."""
-    from pipeline.serving import export, predict, serve
+    from pipeline.serving import export, predict, promote, serve
     from pipeline.cli import build_parser
 
     evaluate, publish = _dvc_cmd_options("evaluate"), _dvc_cmd_options("publish")
@@ -167,7 +168,7 @@ def test_user_command_path_defaults_agree_with_dvc_yaml():
                 "--metrics": evaluate["--out"], "--reports": publish["--out"]}
     assert _dvc_cmd_options("export")["--models-dir"] == expected["--models-dir"]
     assert _dvc_cmd_options("export")["--test"] == expected["--test"]
-    for name, module in (("export", export), ("predict", predict), ("serve", serve)):
+    for name, module in (("export", export), ("predict", predict), ("serve", serve), ("promote", promote)):
         parser = build_parser()
         sub = next(a for a in parser._actions if a.dest == "stage").choices[name]
         module.add_cli(sub)
