@@ -16,6 +16,7 @@ from pathlib import Path
 import flows  # noqa: F401  (Prefect/DVC environment defaults before prefect is imported)
 import pytest
 import yaml
+from _prefect_runs import task_runs
 from conftest import CHEAP, REPO, SLICE, make_workspace
 
 from flows import fingerprint
@@ -50,15 +51,6 @@ def upstream_of_split(workspace: Path) -> list[str]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def task_runs(flow_run_id) -> dict[str, object]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r for r in runs}
 
 
 def artifacts(flow_run_id) -> dict[str, object]:
@@ -114,7 +106,7 @@ def test_flow_runs_each_stage_as_one_task_in_dvc_order(ran_workspace):
     outcomes = state.result()
     assert [o["stage"] for o in outcomes] == expected
     assert all(o["status"] == "ran" for o in outcomes)
-    runs = task_runs(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id, expect=expected)
     assert sorted(runs) == sorted(expected)
     assert all(r.state.is_completed() and r.state.name == "Completed" for r in runs.values())
     order = sorted(runs.values(), key=lambda r: r.start_time)
@@ -133,7 +125,7 @@ def test_second_run_reports_every_stage_cached(ran_workspace):
     state = pipeline_flow(workspace=str(ws), targets=TARGET, return_state=True)
     assert state.is_completed()
     assert {o["status"] for o in state.result()} == {"cached"}
-    runs = task_runs(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id, expect=upstream_of_split(ws))
     assert sorted(runs) == sorted(upstream_of_split(ws))
     assert {r.state.name for r in runs.values()} == {"Cached"}
 
@@ -188,7 +180,7 @@ def test_validation_failure_is_terminal_and_stops_downstream(ran_workspace):
         assert state.is_failed()
         with pytest.raises(ValidationGateFailed, match="label"):
             state.result()
-        runs = task_runs(state.state_details.flow_run_id)
+        runs = task_runs(state.state_details.flow_run_id, expect={"validate"})
         assert runs["validate"].state.is_failed()
         assert runs["validate"].run_count == 1, "a validation failure must not be retried"
         assert "convert" not in runs and "split" not in runs
@@ -318,7 +310,8 @@ def _fails_once(ws: Path, change, error, match: str, **flow_kwargs) -> None:
         assert state.is_failed()
         with pytest.raises(error, match=match):
             state.result()
-        assert task_runs(state.state_details.flow_run_id)["train@gaussian-nb-42"].run_count == 1
+        stage = "train@gaussian-nb-42"
+        assert task_runs(state.state_details.flow_run_id, expect={stage})[stage].run_count == 1
     finally:
         (ws / "params.yaml").write_text(original)
 

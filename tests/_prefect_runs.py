@@ -1,0 +1,25 @@
+"""Reading a flow run's task runs back from the Prefect API the tests talk to."""
+from __future__ import annotations
+
+import time
+
+
+def task_runs(flow_run_id, expect=(), timeout_s: float = 60.0) -> dict[str, object]:
+    """The flow run's task runs by name, once every name in `expect` is there in a final state.
+
+    The server records task-run states from events, asynchronously: right after a flow returns, its last task run
+    can still be missing or not yet final, so the caller names the task runs it is about to look at.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            runs = {r.name: r for r in found}
+            ready = all(name in runs and runs[name].state is not None and runs[name].state.is_final()
+                        for name in expect)
+            if ready or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)    # poll interval, not a synchronisation: the loop waits on the condition above
