@@ -3,7 +3,8 @@
 Tests never fabricate pixel data: they slice the official IDX files, which `.ci/run` / `make test`
 install. Slices are small, and what is expensive is built once per session and copied: the DVC workspaces
 (`data_workspace`: fetch -> split done; `models_workspace`: two scikit-learn models trained, evaluated and
-published) and one Prefect test server (`prefect_server`).
+published), one Prefect test server (`prefect_server`) and one real `prefect server start`
+(`real_prefect_server`).
 """
 
 from __future__ import annotations
@@ -217,6 +218,17 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def real_prefect_server(tmp_path_factory):
+    """One real `prefect server start` (tests/_prefect_server.py) for the tests that need a whole server (its
+    scheduler, automations, blocks, several processes): a RealServer with api_url and a client environment.
+    Its tests share one xdist group (see pytest_collection_modifyitems), so `make test` starts it once."""
+    from tests._prefect_server import real_prefect_server as start
+
+    with start(tmp_path_factory.mktemp("real-prefect-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, fmnist, small_split) -> Path:
     """tests/_trained.py's workspace of tiny trained models (predict, export, serve, model cards)."""
     from tests._trained import build_trained_workspace
@@ -227,10 +239,13 @@ def trained(tmp_path_factory, fmnist, small_split) -> Path:
 # The slow tier (`pytest -m slow`; `make check` leaves it out): every test that runs the real DVC pipeline,
 # Prefect or Dask end to end. Tests that use the shared end-to-end fixtures are marked here, so none is forgotten;
 # the few that build an end-to-end run of their own carry the mark themselves.
-END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server"}
+END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server", "real_prefect_server"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if END_TO_END_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "real_prefect_server" in fixtures:   # one xdist worker runs them all: one server (`--dist loadgroup`)
+            item.add_marker(pytest.mark.xdist_group("real_prefect_server"))

@@ -31,7 +31,7 @@ FILE_READERS = {
     "pipeline.data.ingest": {"read_kaggle_csv"},
     "pipeline.data.validate.report": {"near_duplicates_of"},
     # the gate's reference profile and its drift statistics on it: what monitor compares served images with
-    "pipeline.data.content": {"drift", "load_profile"},
+    "pipeline.data.content": {"drift", "load_profile", "psi"},
 }
 
 

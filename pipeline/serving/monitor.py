@@ -6,7 +6,7 @@ Reads the served-request log (monitoring/requests, pipeline.serving.request_log)
 - the images, with the data gate's own drift statistics (pipeline.data.content.drift: pixel-histogram JS
   distance, mean-image RMSE, intensity PSI) against the gate's reference profile (params.yaml
   validate.drift.reference); only classes with at least `monitor.min_class_requests` requests are judged;
-- the class shares of the predictions with the training prior (data/split/class_counts.json, train split);
+- the class shares of the predictions with the training prior (their PSI, the gate's psi) (data/split/class_counts.json, train split);
 - the mean confidence of the most-served model with its mean confidence (top probability) on the official test
   set: its evaluate stage's predictions metrics/<model>/seed-<seed>.predictions.npz (for a registry version only
   when the version's model files are those of models/<model>/seed-<seed>, else no baseline).
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import io
-from pipeline.data.content import drift, load_profile
+from pipeline.data.content import drift, load_profile, psi
 from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.params import ValidateParams, load_params, section
 from pipeline.runs import output_paths, run_dir, seed_of
@@ -53,7 +53,7 @@ class MonitorParams:
     max_pixel_js: float
     max_mean_image_rmse: float
     max_intensity_psi: float
-    max_class_share_diff: float  # |share of predictions - training share| per class
+    max_class_share_psi: float   # PSI of the predicted-class shares vs the training shares (the gate's psi)
     max_confidence_drop: float   # test-set mean confidence - served mean confidence
     cron: str                    # schedule of the `fmnist-monitor/scheduled` deployment (flows/deployments.py)
 
@@ -63,7 +63,7 @@ class MonitorParams:
         for key in ("min_requests", "min_class_requests"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"params.yaml: monitor.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("max_pixel_js", "max_mean_image_rmse", "max_intensity_psi", "max_class_share_diff",
+        for key in ("max_pixel_js", "max_mean_image_rmse", "max_intensity_psi", "max_class_share_psi",
                     "max_confidence_drop"):
             if getattr(self, key) <= 0:
                 raise PipelineError(f"params.yaml: monitor.{key} must be > 0, got {getattr(self, key)}")
@@ -75,6 +75,11 @@ class MonitorParams:
 def _alert(check: str, value: float, limit: float, message: str, cls: int | None = None) -> dict[str, Any]:
     return {"check": check, "class": cls, "name": None if cls is None else CLASS_NAMES[cls],
             "value": float(value), "limit": float(limit), "message": message}
+
+
+def _psi_term(observed: float, expected: float) -> float:
+    """One class's part of psi(): how much its share moved."""
+    return psi(np.array([observed]), np.array([expected]))
 
 
 def hourly(window: dict[str, np.ndarray], profile: dict[str, Any], params: MonitorParams) -> list[dict[str, Any]]:
@@ -103,7 +108,9 @@ def assess(window: dict[str, np.ndarray], profile: dict[str, Any], prior: np.nda
     predicted = window["predicted"].astype(np.int64)
     counts = np.bincount(predicted, minlength=len(CLASS_NAMES))
     shares = counts / n if n else np.zeros(len(CLASS_NAMES))
-    classes = drift(window["images"], predicted, profile, params.min_class_requests)
+    classes = drift(window["images"], predicted, profile, params.min_class_requests) if n else [
+        {"class": c, "name": name, "rows": 0, "pixel_js": None, "mean_image_rmse": None, "intensity_psi": None}
+        for c, name in enumerate(CLASS_NAMES)]
     for row in classes:
         row.pop("looks_like", None)     # the gate's diagnosis of a labelled split: not computed here
         row.update({"share": float(shares[row["class"]]), "training_share": float(prior[row["class"]])})
@@ -125,13 +132,15 @@ def assess(window: dict[str, np.ndarray], profile: dict[str, Any], prior: np.nda
             if value is not None and value > limit:
                 alerts.append(_alert(stat, value, limit, f"predicted class {row['class']} '{row['name']}': {stat} ({what}) "
                                      f"{value:.3f} > limit {limit:g} ({row['rows']} requests)", row["class"]))
-    for row in classes:
-        diff = row["share"] - row["training_share"]
-        if abs(diff) > params.max_class_share_diff:
-            alerts.append(_alert("class_share", row["share"], params.max_class_share_diff,
-                                 f"predicted class {row['class']} '{row['name']}': class_share (of predictions) "
-                                 f"{row['share']:.3f} vs training share {row['training_share']:.3f} (difference "
-                                 f"{diff:+.3f}, limit +-{params.max_class_share_diff:g})", row["class"]))
+    share_psi = psi(shares, prior)
+    report["class_share_psi"] = share_psi
+    if share_psi > params.max_class_share_psi:
+        moved = sorted(classes, key=lambda r: -_psi_term(r["share"], r["training_share"]))[:3]
+        alerts.append(_alert("class_share_psi", share_psi, params.max_class_share_psi,
+                             f"class_share_psi (PSI of the predicted-class shares vs the training shares) "
+                             f"{share_psi:.3f} > limit {params.max_class_share_psi:g}; moved most: " + ", ".join(
+                                 f"class {r['class']} '{r['name']}' {r['share']:.3f} (training {r['training_share']:.3f})"
+                                 for r in moved), moved[0]["class"]))
     served = confidence.get("served_mean")
     if baseline is not None and served is not None:
         drop = baseline["mean_confidence"] - served
