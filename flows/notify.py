@@ -8,9 +8,9 @@ Events and where they are sent from (docs/production.md, "Notifications"):
     run-failed      flows.pipeline_flow's failure / crash hooks, for any other failure
     promotion       flows.pipeline_flow, after the promotion step (old -> new champion, the evidence)
     monitor-alert   flows.monitor, when the served inputs crossed a limit (what drifted)
-Hooks + a block, not a Prefect automation: the messages carry the pipeline's own evidence (the gate's failed checks,
-the promotion record, the monitor's findings), which an automation's templates cannot see, and they work the same
-against the ephemeral API, which runs no automations.
+Hooks + a block rather than Prefect automations: the messages carry evidence only the flow process holds (the gate's
+failed checks apart from other failures, the promotion record, the monitor's findings), and one params.yaml key
+configures every event. docs/production.md says where an automation still helps (a killed flow process).
 """
 
 from __future__ import annotations

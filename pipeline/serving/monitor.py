@@ -213,7 +213,10 @@ def confidence_baseline(root: Path, raw: dict[str, Any], window: dict[str, np.nd
     model, version = pairs[np.argmax(counts)].split("\0")
     version = int(version)
     if version >= 0:
-        served = releases.get(root, version)
+        try:
+            served = releases.get(root, version)
+        except PipelineError as exc:
+            return None, f"the served registry version v{version} is unreadable here ({exc.what})"
         seed = served.seed
         if served.meta.get("model_sha256") != _digest_or_none(model_digest, run_dir(models_dir, model, seed)):
             return None, (f"registry v{version} ({model}, seed {seed}) is not the model in "
