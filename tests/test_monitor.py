@@ -194,3 +194,33 @@ def flow_runs(flow_name: str, after) -> list:
                                      sort=FlowRunSort.START_TIME_ASC)
     ids = [r.id for r in runs]
     return runs[ids.index(after) + 1:]
+
+
+def test_the_confidence_baseline_of_a_registry_version_is_its_own_test_predictions(served_workspace, tmp_path):
+    from pipeline.params import load_params
+    from pipeline.serving import releases
+    from pipeline.serving.promote import model_digest
+
+    ws = copy_workspace(served_workspace, tmp_path / "ws")
+    model_dir = ws / "models/gaussian-nb/seed-42"
+    same = releases.register(ws, "gaussian-nb", 42, model_dir, meta={"model_sha256": model_digest(model_dir)})
+    other = releases.register(ws, "gaussian-nb", 42, model_dir, meta={"model_sha256": "not these bytes"})
+    probs = io.load_arrays(ws / "metrics/gaussian-nb/seed-42.predictions.npz")["probs"]
+
+    def window(version):
+        return {"model": np.array(["gaussian-nb"] * 3, dtype=object), "version": np.full(3, version, np.int32)}
+
+    raw = load_params(ws / "params.yaml")
+    base, _ = monitor.confidence_baseline(ws, raw, window(same.number), ws / "metrics", ws / "models")
+    assert base["version"] == same.number and base["mean_confidence"] == pytest.approx(probs.max(axis=1).mean())
+    base, why = monitor.confidence_baseline(ws, raw, window(other.number), ws / "metrics", ws / "models")
+    assert base is None and f"v{other.number}" in why and "is not the model in" in why
+
+
+def test_serve_schedules_the_monitor_on_params_cron(tmp_path):
+    from flows.deployments import build_deployments
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    *_, deployment = build_deployments(tmp_path)
+    assert deployment.name == "scheduled" and deployment.parameters == {"workspace": str(tmp_path)}
+    assert deployment.schedules[0].schedule.cron == PARAMS.cron
