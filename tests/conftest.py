@@ -218,14 +218,32 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
-def real_prefect_server(tmp_path_factory):
-    """One real `prefect server start` (tests/_prefect_server.py) for the tests that need a whole server (its
-    scheduler, automations, blocks, several processes): a RealServer with api_url and a client environment.
-    Its tests share one xdist group (see pytest_collection_modifyitems), so `make test` starts it once."""
-    from tests._prefect_server import real_prefect_server as start
+def real_prefect_server():
+    """The run's one real `prefect server start` (tests/_prefect_server.py), for the tests that need a whole server
+    (its scheduler, blocks, several processes): a RealServer with api_url and a client environment. Every xdist
+    worker gets the same server; it stops when the run ends (pytest_unconfigure below)."""
+    from tests._prefect_server import shared_real_prefect_server
 
-    with start(tmp_path_factory.mktemp("real-prefect-server")) as server:
-        yield server
+    return shared_real_prefect_server(Path(os.environ[SHARED_DIR]))
+
+
+SHARED_DIR = "FMNIST_TESTS_SHARED_DIR"   # set by the run's main process, inherited by its xdist workers
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):     # the main process (xdist's controller, or a run without -n)
+        import tempfile
+
+        os.environ[SHARED_DIR] = tempfile.mkdtemp(prefix="fmnist-tests-")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and SHARED_DIR in os.environ:
+        from tests._prefect_server import stop_shared_real_prefect_server
+
+        shared = Path(os.environ.pop(SHARED_DIR))
+        stop_shared_real_prefect_server(shared)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -244,8 +262,5 @@ END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server", "
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if END_TO_END_FIXTURES & fixtures:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if "real_prefect_server" in fixtures:   # one xdist worker runs them all: one server (`--dist loadgroup`)
-            item.add_marker(pytest.mark.xdist_group("real_prefect_server"))

@@ -85,7 +85,7 @@ def test_foreign_images_alert(official, profile, tmp_path):
 
 def test_a_shifted_class_mix_alerts_on_the_class_shares_only(official, profile, tmp_path):
     x, y = official
-    keep = y < 5                          # only tops, trousers, pullovers, dresses, coats: real images, half the classes
+    keep = y < 5                   # only tops, trousers, pullovers, dresses, coats: real images, half the classes
     conf = np.full(int(keep.sum()), 0.9)
     report = monitor.assess(logged(tmp_path / "log", x[keep], y[keep], conf), profile, PRIOR, baseline(conf), PARAMS)
     assert report["verdict"] == monitor.ALERT

@@ -6,7 +6,8 @@ Reads the served-request log (monitoring/requests, pipeline.serving.request_log)
 - the images, with the data gate's own drift statistics (pipeline.data.content.drift: pixel-histogram JS
   distance, mean-image RMSE, intensity PSI) against the gate's reference profile (params.yaml
   validate.drift.reference); only classes with at least `monitor.min_class_requests` requests are judged;
-- the class shares of the predictions with the training prior (their PSI, the gate's psi) (data/split/class_counts.json, train split);
+- the class shares of the predictions with the training prior (data/split/class_counts.json, train split), by
+  their PSI (the gate's psi);
 - the mean confidence of the most-served model with its mean confidence (top probability) on the official test
   set: its evaluate stage's predictions metrics/<model>/seed-<seed>.predictions.npz (for a registry version only
   when the version's model files are those of models/<model>/seed-<seed>, else no baseline).
@@ -130,8 +131,8 @@ def assess(window: dict[str, np.ndarray], profile: dict[str, Any], prior: np.nda
         for stat, (key, what) in DRIFT_STATISTICS.items():
             value, limit = row[stat], getattr(params, key)
             if value is not None and value > limit:
-                alerts.append(_alert(stat, value, limit, f"predicted class {row['class']} '{row['name']}': {stat} ({what}) "
-                                     f"{value:.3f} > limit {limit:g} ({row['rows']} requests)", row["class"]))
+                alerts.append(_alert(stat, value, limit, f"predicted class {row['class']} '{row['name']}': {stat} "
+                                     f"({what}) {value:.3f} > limit {limit:g} ({row['rows']} requests)", row["class"]))
     share_psi = psi(shares, prior)
     report["class_share_psi"] = share_psi
     if share_psi > params.max_class_share_psi:
@@ -139,7 +140,8 @@ def assess(window: dict[str, np.ndarray], profile: dict[str, Any], prior: np.nda
         alerts.append(_alert("class_share_psi", share_psi, params.max_class_share_psi,
                              f"class_share_psi (PSI of the predicted-class shares vs the training shares) "
                              f"{share_psi:.3f} > limit {params.max_class_share_psi:g}; moved most: " + ", ".join(
-                                 f"class {r['class']} '{r['name']}' {r['share']:.3f} (training {r['training_share']:.3f})"
+                                 f"class {r['class']} '{r['name']}' {r['share']:.3f} "
+                                 f"(training {r['training_share']:.3f})"
                                  for r in moved), moved[0]["class"]))
     served = confidence.get("served_mean")
     if baseline is not None and served is not None:
@@ -147,7 +149,8 @@ def assess(window: dict[str, np.ndarray], profile: dict[str, Any], prior: np.nda
         confidence["drop"] = drop
         if drop > params.max_confidence_drop:
             alerts.append(_alert("confidence_drop", drop, params.max_confidence_drop,
-                                 f"confidence_drop: mean confidence of {baseline['model']} {served:.3f} vs {baseline['mean_confidence']:.3f} "
+                                 f"confidence_drop: mean confidence of {baseline['model']} {served:.3f} vs "
+                                 f"{baseline['mean_confidence']:.3f} "
                                  f"on the official test set (drop {drop:.3f} > limit {params.max_confidence_drop:g})"))
     report["verdict"] = ALERT if alerts else OK
     judged = sum(r["pixel_js"] is not None for r in classes)
@@ -178,8 +181,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     base = conf.get("baseline")
     out += ["", f"Mean confidence: {fmt(conf['mean'])} over all requests."]
     if base:
-        out.append(f"Baseline: {base['model']}'s mean confidence {base['mean_confidence']:.3f} on the official test set "
-                   f"({base['source']}); served mean {fmt(conf.get('served_mean'))} over its {conf['requests']} requests.")
+        out.append(f"Baseline: {base['model']}'s mean confidence {base['mean_confidence']:.3f} on the official test "
+                   f"set ({base['source']}); served mean {fmt(conf.get('served_mean'))} over its {conf['requests']} "
+                   "requests.")
     else:
         out.append(f"No confidence baseline: {conf.get('why_no_baseline', 'no requests')}.")
     out += ["", f"Training shares: {report.get('prior_source', '')}. Reference profile: {report.get('profile', '')}.",
