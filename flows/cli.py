@@ -1,7 +1,8 @@
-"""`python -m flows run|watch|serve`: one pipeline run, one dataset check, or the long-running service.
+"""`python -m flows run|watch|serve|monitor`: one pipeline run, one dataset check, the long-running service, or one
+check of what the model service saw.
 
-Exit codes: 0 success; 3 the data-quality gate rejected the data (terminal); 1 any other failure;
-2 bad usage or configuration.
+Exit codes: 0 success; 3 the data-quality gate rejected the data (terminal), or (monitor) the served inputs crossed
+a limit; 1 any other failure; 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -61,7 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--interval", type=float, metavar="S", help="check the dataset every S seconds instead")
     serve.add_argument("--no-check-now", dest="check_now", action="store_false",
                        help="do not check the dataset right after start-up")
+
+    monitor = sub.add_parser("monitor", help="compare the service's logged requests with the training data "
+                                             "(python -m pipeline monitor as a flow; exit 3 on an alert)")
+    monitor.add_argument("--workspace", type=Path, default=Path(os.getcwd()),
+                         help="repository root with params.yaml and monitoring/requests (default: current directory)")
+    monitor.add_argument("--window-hours", type=float,
+                         help="the last H hours (default: params.yaml monitor.window_hours)")
+    monitor.add_argument("--since", help="window start, ISO 8601 (naive = UTC)")
+    monitor.add_argument("--until", help="window end, ISO 8601 (default: now)")
     return parser
+
+
+def _monitor(workspace: Path, args) -> int:
+    from flows.monitor import ALERT_EXIT_CODE, ALERT_STATE, monitor_flow   # Prefect loads lazily
+
+    state = monitor_flow(workspace=str(workspace), window_hours=args.window_hours, since=args.since,
+                         until=args.until, return_state=True)
+    if state.is_completed():
+        return 0
+    print(f"error [monitor]: {state.message}", file=sys.stderr)
+    if state.name == ALERT_STATE:
+        return ALERT_EXIT_CODE
+    error = state.result(raise_on_failure=False)
+    return error.exit_code if isinstance(error, PipelineError) else 1
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -76,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     workspace = args.workspace.resolve()
     try:
+        if args.command == "monitor":
+            return _monitor(workspace, args)
         if args.command == "run":
             from flows.pipeline_flow import pipeline_flow   # Prefect loads lazily
 

@@ -2,7 +2,9 @@
 
 - `fmnist-dataset-watcher/scheduled`: the watcher in "event" mode on a cron or interval schedule;
 - `fmnist-pipeline/on-dataset-change`: the pipeline, started by a DeploymentEventTrigger on
-  `fmnist.dataset.changed` events for this workspace only (concurrency limit 1: DVC cannot share a checkout).
+  `fmnist.dataset.changed` events for this workspace only (concurrency limit 1: DVC cannot share a checkout);
+- `fmnist-monitor/scheduled`: the monitoring flow (flows.monitor) on params.yaml `monitor.cron`, where the
+  workspace's params.yaml has a `monitor` section (server mode only: the ephemeral ticker runs the watcher only).
 Against a Prefect server (PREFECT_API_URL set) the server's scheduler creates the watcher's runs.
 In ephemeral mode Prefect has no scheduler (event triggers do work), so this process ticks the watcher
 itself on the same schedule. Not about what a run does: see flows.pipeline_flow / flows.watcher.
@@ -17,6 +19,9 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from pipeline.params import load_params, section
+from pipeline.serving.monitor import MonitorParams
 
 from flows import DATASET_CHANGED_EVENT
 from flows.pipeline_flow import pipeline_flow
@@ -62,7 +67,22 @@ def build_deployments(workspace: Path, cron: str | None = None, interval: float 
     pipeline = pipeline_flow.to_deployment(
         name="on-dataset-change", parameters={"workspace": ws, "targets": targets}, triggers=[trigger],
         concurrency_limit=1, description="The DVC pipeline, one task per stage; runs when the dataset changed.")
-    return [watcher, pipeline]
+    monitor_cron = monitor_schedule(workspace)
+    if monitor_cron is None:
+        return [watcher, pipeline]
+    from flows.monitor import monitor_flow   # imports the monitor's report code: only where it is scheduled
+
+    monitor = monitor_flow.to_deployment(
+        name="scheduled", parameters={"workspace": ws}, cron=monitor_cron, concurrency_limit=1,
+        description="Compare the service's logged requests with the training data; fails as Alert on drift.")
+    return [watcher, pipeline, monitor]
+
+
+def monitor_schedule(workspace: Path) -> str | None:
+    """params.yaml `monitor.cron` (validated), or None when the workspace has no `monitor` section."""
+    path = workspace / "params.yaml"
+    params = load_params(path) if path.exists() else {}
+    return section(MonitorParams, "monitor", params, path=path).cron if "monitor" in params else None
 
 
 def _next_time(cron: str | None, interval: float | None, after: datetime) -> datetime:

@@ -32,8 +32,9 @@ from flows.artifacts import publish_artifacts
 from flows.dag import Stage, check_workspace, load_stages
 from flows.dvc_calls import stale_stages
 from flows.failures import ValidationGateFailed
+from flows.notify import gate_rejected_message, notify, run_failed_message
 from flows.parallel import dask_task_runner
-from flows.promotion import PromotionFailed, promote_task, wants_promotion
+from flows.promotion import PromotionFailed, promote_task, promotion_message, wants_promotion
 from flows.scheduler import run_stages
 
 
@@ -60,7 +61,21 @@ def orchestration_settings(ws: Path) -> tuple[OrchestrationParams | DefaultOrche
                                     "(docs/orchestration.md, 'Any DVC project')")
 
 
-@flow(name="fmnist-pipeline", log_prints=True)
+def notify_failure(flow, flow_run, state) -> None:
+    """Prefect's on_failure / on_crashed hook: a `gate-rejected` notification when the data gate rejected the data
+    (with its failed checks), else `run-failed`. flows.notify never raises."""
+    ws = Path(flow_run.parameters.get("workspace") or os.getcwd()).resolve()
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception as exc:   # a crashed run may carry no result at all
+        error = exc
+    if isinstance(error, ValidationGateFailed):
+        notify(ws, "gate-rejected", *gate_rejected_message(error.stage, error.reason, ws))
+    else:
+        notify(ws, "run-failed", *run_failed_message(flow_run.name, state.name, state.message, ws))
+
+
+@flow(name="fmnist-pipeline", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def pipeline_flow(workspace: str | None = None, targets: list[str] | None = None, retries: int = 2,
                   retry_delay_s: float = 5.0, force: bool = False, workers: int = 1,
                   dask_address: str | None = None) -> list[dict[str, Any]]:
@@ -134,10 +149,8 @@ def _run_pipeline(ws: Path, targets, retries, retry_delay_s, force, workers, das
 
 
 def promotion_record(ws: Path, orchestration) -> dict[str, Any]:
-    """The promotion step of a successful whole-DAG run (flows.promotion): its record (decision, reason, figures).
-
-    The place to notify about the decision (flows/notify.py, issue 30, not wired yet):
-    `flows.promotion.promotion_message(record)` gives its subject and body.
-    """
+    """The promotion step of a successful whole-DAG run (flows.promotion): its record (decision, reason, figures),
+    sent as a `promotion` notification (flows.notify)."""
     record = promote_task(str(ws), orchestration.timeout_for("promote"))
+    notify(ws, "promotion", *promotion_message(record))
     return record

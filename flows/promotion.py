@@ -5,8 +5,7 @@ A subprocess, like every stage, so that Keras (loaded to re-evaluate a Keras cha
 model to ONNX) never enters the flow process. It runs only where params.yaml has a `promote` section (another
 DVC project has none). A refused challenger is a decision (exit 0), not a failure; promote's own errors (missing
 inputs) fail the run with promote's message.
-Notifications (flows/notify.py, issue 30) hook in where pipeline_flow receives the record: `promotion_message`
-gives the subject and body to send.
+pipeline_flow sends `promotion_message(record)` as the `promotion` notification (flows/notify.py).
 """
 
 from __future__ import annotations

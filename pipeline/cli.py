@@ -33,9 +33,12 @@ STAGES = {
     "serve": ("pipeline.serving.serve", "HTTP service: POST /predict, GET /models, and a page to try a model on an image"),
     "promote": ("pipeline.serving.promote", "after a run: make its best model the registry's champion unless it is "
                                             "significantly worse (records the decision)"),
+    "monitor": ("pipeline.serving.monitor", "compare the service's logged requests of a time window with the training "
+                                            "data and test set; exit 3 when a limit is crossed"),
 }
 # Commands that only read the workspace: they run beside a `dvc repro` (serve for hours) without its lock.
-READ_ONLY = frozenset({"predict", "serve"})
+# monitor writes only its own monitoring/report.* (atomically), which no stage reads.
+READ_ONLY = frozenset({"predict", "serve", "monitor"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,3 +23,14 @@ def task_runs(flow_run_id, expect=(), timeout_s: float = 60.0) -> dict[str, obje
             if ready or time.monotonic() > deadline:
                 return runs
             time.sleep(0.2)    # poll interval, not a synchronisation: the loop waits on the condition above
+
+
+def artifacts(flow_run_id) -> dict[str, object]:
+    """The flow run's artifacts by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        run_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        found = client.read_artifacts(artifact_filter=run_filter)
+    return {a.key: a for a in found}

@@ -3,7 +3,8 @@
 Tests never fabricate pixel data: they slice the official IDX files, which `.ci/run` / `make test`
 install. Slices are small, and what is expensive is built once per session and copied: the DVC workspaces
 (`data_workspace`: fetch -> split done; `models_workspace`: two scikit-learn models trained, evaluated and
-published) and one Prefect test server (`prefect_server`).
+published), one Prefect test server (`prefect_server`) and one real `prefect server start`
+(`real_prefect_server`).
 """
 
 from __future__ import annotations
@@ -217,6 +218,35 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def real_prefect_server():
+    """The run's one real `prefect server start` (tests/_prefect_server.py), for the tests that need a whole server
+    (its scheduler, blocks, several processes): a RealServer with api_url and a client environment. Every xdist
+    worker gets the same server; it stops when the run ends (pytest_unconfigure below)."""
+    from tests._prefect_server import shared_real_prefect_server
+
+    return shared_real_prefect_server(Path(os.environ[SHARED_DIR]))
+
+
+SHARED_DIR = "FMNIST_TESTS_SHARED_DIR"   # set by the run's main process, inherited by its xdist workers
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):     # the main process (xdist's controller, or a run without -n)
+        import tempfile
+
+        os.environ[SHARED_DIR] = tempfile.mkdtemp(prefix="fmnist-tests-")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and SHARED_DIR in os.environ:
+        from tests._prefect_server import stop_shared_real_prefect_server
+
+        shared = Path(os.environ.pop(SHARED_DIR))
+        stop_shared_real_prefect_server(shared)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, fmnist, small_split) -> Path:
     """tests/_trained.py's workspace of tiny trained models (predict, export, serve, model cards)."""
     from tests._trained import build_trained_workspace
@@ -227,7 +257,7 @@ def trained(tmp_path_factory, fmnist, small_split) -> Path:
 # The slow tier (`pytest -m slow`; `make check` leaves it out): every test that runs the real DVC pipeline,
 # Prefect or Dask end to end. Tests that use the shared end-to-end fixtures are marked here, so none is forgotten;
 # the few that build an end-to-end run of their own carry the mark themselves.
-END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server"}
+END_TO_END_FIXTURES = {"data_workspace", "models_workspace", "prefect_server", "real_prefect_server"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ from pathlib import Path
 import flows  # noqa: F401  (Prefect/DVC environment defaults before prefect is imported)
 import pytest
 import yaml
-from _prefect_runs import task_runs
+from _prefect_runs import artifacts, task_runs
 from conftest import CHEAP, REPO, SLICE, make_workspace
 
 from flows import fingerprint
@@ -51,16 +51,6 @@ def upstream_of_split(workspace: Path) -> list[str]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def artifacts(flow_run_id) -> dict[str, object]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        run_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        found = client.read_artifacts(artifact_filter=run_filter)
-    return {a.key: a for a in found}
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ FILE_READERS = {
     "pipeline.data.convert": {"load_test_set", "table_to_arrays"},
     "pipeline.data.ingest": {"read_kaggle_csv"},
     "pipeline.data.validate.report": {"near_duplicates_of"},
+    # the gate's reference profile and its drift statistics on it: what monitor compares served images with
+    "pipeline.data.content": {"drift", "load_profile", "psi"},
 }
 
 

@@ -23,9 +23,11 @@ from pipeline.params import (
     ValidateParams, section,
 )
 from pipeline.serving.predict import PredictParams
+from pipeline.serving.monitor import MonitorParams
 from pipeline.serving.promote import PromoteParams
 from pipeline.serving.serve import ServeParams
 
+from flows.notify import NotifyParams
 from tests.conftest import REPO, run_cli, shipped_params
 
 # params.yaml section -> the dataclass its stage builds it into (`models` is the registry's: see below).
@@ -33,6 +35,7 @@ SECTIONS = {
     "fetch": FetchParams, "validate": ValidateParams, "convert": ConvertParams, "split": SplitParams,
     "train": TrainParams, "evaluate": EvaluateParams, "publish": PublishParams, "predict": PredictParams,
     "export": ExportParams, "serve": ServeParams, "promote": PromoteParams, "orchestration": OrchestrationParams,
+    "monitor": MonitorParams, "notify": NotifyParams,
 }
 
 

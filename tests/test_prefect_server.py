@@ -1,6 +1,7 @@
 """End to end against a real Prefect server: `python -m flows serve` reacts to a changed data source.
 
-Starts `prefect server start` on 127.0.0.1 (a free port, its own PREFECT_HOME in tmp), serves the two
+Uses the session's real `prefect server start` (conftest's real_prefect_server: 127.0.0.1, a free port, its own
+PREFECT_HOME in tmp), serves the two
 deployments (`fmnist-dataset-watcher/scheduled` on a short interval, `fmnist-pipeline/on-dataset-change`
 triggered by the watcher's event) for a cheap real workspace whose `fetch.source` is a small slice of the real
 data, and checks, only through the server's API and the workspace's files:
@@ -9,16 +10,12 @@ data, and checks, only through the server's API and the workspace's files:
 2. after one pixel of the slice changes, the watcher emits the event again, a second triggered run completes
    and the NEW fingerprint is recorded;
 3. a later scheduled check with no change emits nothing and starts no run.
-Every wait is bounded; both process groups are stopped in `finally`.
+Every wait is bounded; the `flows serve` process group is stopped in `finally` (the server at the session's end).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from _prefect_server import stop_group, wait_for
 from conftest import REPO, copy_workspace
 
 from flows import DATASET_CHANGED_EVENT, fingerprint
-from flows.dvc_calls import dvc_env
 from flows.watcher import resource_id
 
 pytestmark = pytest.mark.slow
@@ -39,26 +36,6 @@ PIPELINE = ("fmnist-pipeline", "on-dataset-change")
 WATCHER = ("fmnist-dataset-watcher", "scheduled")
 INTERVAL_S = 4           # the watcher's schedule
 TEST_BUDGET_S = 600      # a bound on every wait (so a hang fails), not a speed requirement
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen | None) -> None:
-    """SIGINT, then SIGTERM, then SIGKILL to the process group `proc` leads (it was started in its own session)."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class Api:
@@ -111,44 +88,19 @@ class Api:
         return resp.json()["events"]
 
 
-def wait_for(what: str, check, deadline: float, procs: dict[str, subprocess.Popen], every: float = 1.0):
-    """Poll `check()` until it returns something truthy; fail with `what` at `deadline` or if a process died."""
-    while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode} while waiting for {what}")
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def state_type(run: dict) -> str:
     return (run.get("state") or {}).get("type", "")
 
 
-def test_served_deployments_react_to_a_changed_data_slice(data_workspace, tmp_path):
+def test_served_deployments_react_to_a_changed_data_slice(data_workspace, real_prefect_server, tmp_path):
     deadline = time.monotonic() + TEST_BUDGET_S
     ws = copy_workspace(data_workspace.path, tmp_path / "ws", **{"train.models": ["gaussian-nb"]})
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = dvc_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api_url,
-                  PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_UI_ENABLED="false",
-                  PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(REPO))
-    env.pop("PREFECT_PROFILES_PATH", None)
-    server = serve = None
-    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    server, env = real_prefect_server.process, real_prefect_server.env
+    serve = None
+    server_log, serve_log = real_prefect_server.log, tmp_path / "serve.log"
     resource = resource_id(ws)
     try:
-        with open(server_log, "wb") as out:
-            prefect = str(Path(sys.executable).parent / "prefect")   # the venv's, beside this interpreter
-            server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-                                      env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        api = Api(api_url)
-        wait_for("the Prefect server's /health", api.healthy, min(deadline, time.monotonic() + 90), {"server": server})
-
+        api = Api(real_prefect_server.api_url)
         with open(serve_log, "wb") as out:
             serve = subprocess.Popen([sys.executable, "-m", "flows", "serve", "--workspace", str(ws),
                                       "--interval", str(INTERVAL_S)],
@@ -218,5 +170,4 @@ def test_served_deployments_react_to_a_changed_data_slice(data_workspace, tmp_pa
         raise
     finally:
         stop_group(serve)
-        stop_group(server)
-    assert serve.poll() is not None and server.poll() is not None
+    assert serve.poll() is not None
