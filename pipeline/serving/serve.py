@@ -1,24 +1,24 @@
 """serve: a small HTTP service over the trained models (FastAPI; `python -m pipeline serve` runs it with uvicorn).
 
-    python -m pipeline serve [--host 127.0.0.1] [--port 8000] [--seed 42]
+    python -m pipeline serve [--host 127.0.0.1] [--port 8000] [--seed 42] [--workspace .] [--backend auto|keras]
 
     GET  /                     a page: drop an image (or try an official test image), see the top 3
-    GET  /models               every registered model trained in models/<name>/seed-<seed>/, with its test
-                               accuracy and 95% CI from metrics/ (null when not evaluated yet)
-    POST /predict?model=NAME   multipart field `file`: an image (PNG, JPEG, GIF, BMP, WebP, TIFF) -> JSON: the
-                               predicted class, its probability, the top 3, whether the picture was inverted,
-                               and the 28x28 image the model saw (a PNG data URL). Without `model`: the most
-                               accurate one.
+    GET  /models               the models trained in models/<name>/seed-<seed>/ with their test accuracy and 95% CI,
+                               and `default`: which model answers without ?model= and `why` ("champion vN" or
+                               "most accurate (no champion yet)"; `error` when the champion cannot be loaded)
+    POST /predict?model=NAME   multipart `file` (PNG, JPEG, GIF, BMP, WebP, TIFF) -> JSON: `model`, `version`
+                               (registry version, null when served from models/), `backend`, the class, its
+                               probability, the top 3, `inverted`, and the 28x28 input (a PNG data URL).
+                               Without `model`: the registry's champion, else the most accurate trained model.
     GET  /samples/{i}.png      official test image i (when started with --test), for the page's "try" button
     GET  /reports/...          the comparison report and model cards (reports/), read-only
 
-Uploads: at most `serve.max_upload_mb` (params.yaml); a larger body is refused with 413 before it is read,
-a body without Content-Length with 411, a file that is not an image with 415 (by content type) or 422 (image
-bytes Pillow cannot read), and a model name that is not registered or not trained here with 404 (listing
-the ones that are). Images are converted as `predict` converts them (pipeline.serving.imaging) and predicted by the
-registry's one safe loader; each model is loaded once, on first use.
-
-`create_app` is pure app creation (no I/O until a request comes); the CLI only adds uvicorn.
+Refusals: an upload over `serve.max_upload_mb` 413 (before it is read), no Content-Length 411, not an image
+415/422, an unknown or untrained model 404, a champion that cannot be loaded 503 (named models still answer).
+Models load once, through ONNX Runtime where a checked export of that model file exists, else the registry's
+safe loader; the champion is hot-reloaded (`serve.reload_poll_s`) and every prediction is appended to
+<workspace>/monitoring/requests by a writer thread (pipeline.serving.served): the one thing serve writes.
+docs/production.md, "Serving the champion". `create_app` is pure (no I/O until start-up or a request).
 """
 
 from __future__ import annotations
