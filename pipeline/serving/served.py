@@ -114,6 +114,10 @@ class ChampionWatcher:
             self.refresh()
         return self._state
 
+    def loaded(self) -> Served | None:
+        """The champion when it is loaded, without reading the registry (None: ask current())."""
+        return self._state[0] if self._stamp != "unread" else None
+
     def refresh(self) -> bool:
         """Reload when aliases.json changed; True when the champion changed."""
         with self._refresh_lock:
