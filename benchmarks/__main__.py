@@ -17,6 +17,8 @@ Sections (default: 1-5 and 7; 6 only with --end-to-end; modules in benchmarks/se
   8 parallel stages: `python -m flows run` serially vs `--workers 2` on fresh clones, wall time and CPU
     utilisation, plus what 4-16 workers would give (critical path, simulated dispatch); behind --parallel
     (two full runs of the default model set)
+  9 serving cnn-ours: batch-1 latency ONNX Runtime vs Keras, and `python -m pipeline serve` (ONNX-backed vs
+    --backend keras) at 1, 8 and 32 concurrent loopback clients: requests/s, p50, p99 (~1.5 min; --sections 9)
 
 A section whose inputs are missing is skipped with the reason; one that fails is reported as skipped
 with its error. Benchmarks are never part of the test suite. Compare figures from one run only.
@@ -40,12 +42,13 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.sections import (csv_ingest, gate_full_data, gate_vs_naive_gx, inference_speed,  # noqa: E402
-                                 noop_rerun, parallel_stages, stage_times, training_throughput)
+                                 noop_rerun, parallel_stages, serving, stage_times, training_throughput)
 from pipeline import io  # noqa: E402
 
 TITLES = {"1": "1. CSV ingest (60k train)", "2": "2. validation (60k train)", "3": "3. training throughput",
           "4": "4. inference (best CNN)", "5": "5. cached rerun (no-op)", "6": "6. end-to-end dvc repro per stage",
-          "7": "7. data gate, full data (format + content checks)", "8": "8. parallel stages (serial vs workers)"}
+          "7": "7. data gate, full data (format + content checks)", "8": "8. parallel stages (serial vs workers)",
+          "9": "9. serving cnn-ours (ONNX Runtime vs Keras)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +88,7 @@ def run_section(key: str, args, scratch: Path) -> harness.Section:
         "6": lambda: stage_times.run(ws, args.force),
         "7": lambda: gate_full_data.run(ws, args.repeats, scratch),
         "8": lambda: parallel_stages.run(ws, scratch),
+        "9": lambda: serving.run(ws, args.repeats, scratch),
     }
     started = time.perf_counter()
     try:
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         keys.append("8")
     unknown = [k for k in keys if k not in TITLES]
     if unknown:
-        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-8", file=sys.stderr)
+        print(f"error: unknown section(s) {', '.join(unknown)}; valid: 1-9", file=sys.stderr)
         return 2
     if "6" in keys and not args.end_to_end:
         print("error: section 6 re-runs the whole pipeline (~25 min on 2 cores); pass --end-to-end to confirm",

@@ -254,6 +254,17 @@ def trained(tmp_path_factory, fmnist, small_split) -> Path:
     return build_trained_workspace(tmp_path_factory.mktemp("trained"), fmnist, small_split)
 
 
+@pytest.fixture(scope="session")
+def cnn_ours_export(trained) -> Built:
+    """`python -m pipeline export --model cnn-ours` in the `trained` workspace, once per session (export and serve
+    tests share it): <trained>/exports/cnn-ours/seed-42/model.onnx. first_run: the command's stderr."""
+    from tests._trained import SEED
+
+    proc = run_cli("export", "--model", "cnn-ours", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    return Built(trained / "exports" / "cnn-ours" / f"seed-{SEED}", proc.stderr)
+
+
 # The slow tier (`pytest -m slow`; `make check` leaves it out): every test that runs the real DVC pipeline,
 # Prefect or Dask end to end. Tests that use the shared end-to-end fixtures are marked here, so none is forgotten;
 # the few that build an end-to-end run of their own carry the mark themselves.

@@ -23,12 +23,10 @@ def ws(trained) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(ws) -> Path:
+def exported(cnn_ours_export) -> Path:
     """cnn-ours: BatchNorm, in-model flip augmentation, and flip-averaged prediction (the hardest to export)."""
-    proc = run_cli("export", "--model", "cnn-ours", cwd=ws)
-    assert proc.returncode == 0, proc.stderr
-    assert "agrees with Keras on 1000 test images" in proc.stderr
-    return ws / "exports" / "cnn-ours" / f"seed-{SEED}"
+    assert "agrees with Keras on 1000 test images" in cnn_ours_export.first_run
+    return cnn_ours_export.path
 
 
 def test_onnx_export_agrees_with_keras_on_1000_official_test_images(ws, exported, fmnist):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io as _stdio
 import os
 import re
@@ -106,6 +107,7 @@ def test_page_reports_and_samples(client):
     # Before the first prediction the result (two images) is hidden: author CSS such as `display:flex` would
     # otherwise override the `hidden` attribute and show two broken-image placeholders.
     assert '<div id="result" hidden>' in page.text and "[hidden]{display:none!important}" in page.text
+    assert "<img" not in page.text   # images are created with their source (an empty <img> shows as broken)
     assert client.get("/samples/3.png").headers["content-type"] == "image/png"
     assert client.get("/samples/99.png").status_code == 404
     assert client.get("/reports/../params.yaml").status_code == 404
@@ -123,11 +125,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ws):
-    """`python -m pipeline serve` on a free port, as a user starts it."""
+def server(ws, tmp_path_factory):
+    """`python -m pipeline serve` on a free port, as a user starts it (its registry and request log in a
+    workspace of its own: the shared `trained` workspace stays read-only)."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=ws, env=env,
+    workspace = tmp_path_factory.mktemp("serve-workspace")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port),
+                             "--workspace", str(workspace)], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import httpx
 
@@ -142,9 +147,16 @@ def server(ws):
             proc.kill()
             pytest.fail(f"serve did not start: {proc.stdout.read()}")
         time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}"
+    yield Server(f"http://127.0.0.1:{port}", workspace, proc)
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    url: str
+    workspace: Path
+    proc: subprocess.Popen
 
 
 def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -157,14 +169,16 @@ def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`scripts/install-system-deps.sh --test`, "
                                              "which `make test` runs, installs it)")
-def test_page_in_headless_chromium_shows_the_top_3(server, tmp_path):
+def test_page_in_headless_chromium_shows_the_top_3_and_shutdown_writes_the_request_log(server, tmp_path):
     import httpx
 
-    url = f"{server}/?model=cnn-dropout-1&sample=0"
+    from pipeline.serving.request_log import LOG_DIR, read_window
+
+    url = f"{server.url}/?model=cnn-dropout-1&sample=0"
     dom = _chromium("--dump-dom", url, cwd=tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    sample = httpx.get(f"{server}/samples/0.png").content
-    expected = httpx.post(f"{server}/predict?model=cnn-dropout-1",
+    sample = httpx.get(f"{server.url}/samples/0.png").content
+    expected = httpx.post(f"{server.url}/predict?model=cnn-dropout-1",
                           files={"file": ("official test image 0.png", sample, "image/png")}).json()
     top1 = re.search(r'<h2 id="top1">([^<]*)</h2>', dom.stdout)
     assert top1 and top1.group(1).startswith(expected["predicted"]), dom.stdout[-3000:]
@@ -178,3 +192,9 @@ def test_page_in_headless_chromium_shows_the_top_3(server, tmp_path):
     assert image.shape == (760, 1000) and image.std() > 10   # a rendered page, not a blank one
     if os.environ.get("SERVE_SCREENSHOT"):
         shutil.copy(shot, os.environ["SERVE_SCREENSHOT"])
+    # uvicorn's shutdown (SIGTERM) flushes the request log: the page's two predictions and ours
+    server.proc.terminate()
+    server.proc.wait(timeout=20)   # uvicorn re-raises SIGTERM after its graceful shutdown: status -15
+    log = read_window(server.workspace / LOG_DIR)
+    assert list(log["model"]) == ["cnn-dropout-1"] * 3 and list(log["version"]) == [-1] * 3
+    assert [CLASS_NAMES[i] for i in log["predicted"]] == [expected["predicted"]] * 3
