@@ -135,3 +135,4 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
         assert "monitor" in alert["subject"].lower(), alert
         report = json.loads((ws / "monitoring" / "report.json").read_text())
         assert report["alerts"], report
+        assert any(a["check"] in alert["body"] for a in report["alerts"]), (alert, report["alerts"])   # what drifted
