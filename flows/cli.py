@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(python -m pipeline monitor as a flow; exit 3 on an alert)")
     monitor.add_argument("--workspace", type=Path, default=Path(os.getcwd()),
                          help="repository root with params.yaml and monitoring/requests (default: current directory)")
-    monitor.add_argument("--window-hours", type=float,
-                         help="the last H hours (default: params.yaml monitor.window_hours)")
-    monitor.add_argument("--since", help="window start, ISO 8601 (naive = UTC)")
+    start = monitor.add_mutually_exclusive_group()
+    start.add_argument("--window-hours", type=float,
+                       help="the H hours before --until (default: params.yaml monitor.window_hours)")
+    start.add_argument("--since", help="window start, ISO 8601 (naive = UTC)")
     monitor.add_argument("--until", help="window end, ISO 8601 (default: now)")
     return parser
 

@@ -319,9 +319,10 @@ def window_bounds(window_hours: float | None, since: str | None, until: str | No
 
 # ------------------------------------------------------------------------------ CLI
 def add_cli(parser) -> None:
-    parser.add_argument("--window-hours", type=float, default=None,
-                        help="the last H hours (default: params.yaml monitor.window_hours)")
-    parser.add_argument("--since", help="window start, ISO 8601 (naive = UTC); with --until instead of a window")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--window-hours", type=float, default=None,
+                       help="the H hours before --until (default: params.yaml monitor.window_hours)")
+    start.add_argument("--since", help="window start, ISO 8601 (naive = UTC)")
     parser.add_argument("--until", help="window end, ISO 8601 (default: now)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     # Path defaults kept on purpose (as promote's): the paths dvc.yaml gives the stages that write them, and the
