@@ -82,7 +82,8 @@ def test_readme_has_the_user_sections_and_no_measurement_history():
     text = readme()
     headings = re.findall(r"^## (.+)$", text, re.M)
     assert headings == ["What it is", "Set-up: the two commands", "The DAG", "Code map", "Configuration", "Models",
-                        "How to add a model", "Results", "Failure behaviour", "Orchestration", "Experiments"]
+                        "How to add a model", "Results", "Failure behaviour", "Orchestration",
+                        "Running it in production", "Experiments"]
     assert "docs/results/report/comparison.md" in text and "docs/results/HISTORY.md" in text
     # History (commits, before/after timings, older runs' figures) belongs in docs/results/, not here.
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
