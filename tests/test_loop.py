@@ -63,10 +63,12 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
     env = dict(os.environ, PYTHONPATH=str(REPO), PREFECT_API_URL=real_prefect_server.api_url, PYTHONUNBUFFERED="1")
     procs: dict[str, subprocess.Popen] = {}
     with WebhookReceiver() as hook:
-        save_block = (f"from prefect.blocks.notifications import CustomWebhookNotificationBlock as B; "
-                      f"B(name='loop', url={hook.url!r}, json_data={{'subject': '{{{{subject}}}}', "
-                      f"'body': '{{{{body}}}}'}}).save({BLOCK!r}, overwrite=True)")
-        subprocess.run([sys.executable, "-c", save_block], env=env, check=True, timeout=120)
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: real_prefect_server.api_url}):
+            CustomWebhookNotificationBlock(name="loop", url=hook.url, json_data={
+                "subject": "{{subject}}", "body": "{{body}}"}).save(BLOCK, overwrite=True)
 
         def flow(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "flows", *args, "--workspace", str(ws)], env=env, cwd=ws,
