@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from _prefect_server import wait_for
+
 
 def task_runs(flow_run_id, expect=(), timeout_s: float = 60.0) -> dict[str, object]:
     """The flow run's task runs by name, once every name in `expect` is there in a final state.
@@ -13,16 +15,17 @@ def task_runs(flow_run_id, expect=(), timeout_s: float = 60.0) -> dict[str, obje
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        while True:
+        def recorded() -> tuple[dict[str, object]] | None:   # a tuple: an empty dict is an answer too
             found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             runs = {r.name: r for r in found}
-            ready = all(name in runs and runs[name].state is not None and runs[name].state.is_final()
+            final = all(name in runs and runs[name].state is not None and runs[name].state.is_final()
                         for name in expect)
-            if ready or time.monotonic() > deadline:
-                return runs
-            time.sleep(0.2)    # poll interval, not a synchronisation: the loop waits on the condition above
+            return (runs,) if final else None
+
+        (runs,) = wait_for(f"task runs {sorted(expect)} of flow run {flow_run_id} in a final state", recorded,
+                           time.monotonic() + timeout_s, {}, every=0.2)
+    return runs
 
 
 def artifacts(flow_run_id) -> dict[str, object]:

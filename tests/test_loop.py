@@ -16,7 +16,6 @@ Every wait is on a condition with a bound; each process is stopped in `finally`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 from _prefect_server import free_port, stop_group, wait_for
 from _webhook import WebhookReceiver
 from conftest import REPO, copy_workspace
-from PIL import Image
+from tests.test_predict import png_bytes
 
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.serving import releases
@@ -38,12 +37,6 @@ pytestmark = pytest.mark.slow
 BLOCK = "loop-alerts"
 BOUND_S = 600            # a bound on every wait (so a hang fails), not a speed requirement
 TRAIN_CSV = "source/fashion-mnist_train.csv"
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -95,7 +88,7 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
 
             def served_version() -> int | None:
                 try:
-                    resp = http.post("/predict", files={"file": ("a.png", png(x_test[0]), "image/png")})
+                    resp = http.post("/predict", files={"file": ("a.png", png_bytes(x_test[0]), "image/png")})
                 except httpx.HTTPError:
                     return None
                 return resp.json()["version"] if resp.status_code == 200 else None
@@ -130,7 +123,7 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
             # a light-background picture back as Fashion-MNIST was made) -> the monitor alerts
             noise = np.random.default_rng(0).integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
             for image in noise:
-                resp = http.post("/predict", files={"file": ("a.png", png(image), "image/png")})
+                resp = http.post("/predict", files={"file": ("a.png", png_bytes(image), "image/png")})
                 assert resp.status_code == 200, resp.text
         finally:
             stop_group(procs.pop("serve"))    # a graceful stop flushes the request log
