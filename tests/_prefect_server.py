@@ -40,16 +40,26 @@ def stop_group(proc: subprocess.Popen | None) -> None:
 
 
 def wait_for(what: str, check, deadline: float, procs: dict[str, subprocess.Popen], every: float = 1.0):
-    """Poll `check()` until it returns something truthy; fail with `what` at `deadline` or if a process died."""
+    """Poll `check()` until it returns something truthy; fail with `what` at `deadline` or if a process died.
+
+    A request to a server that does not answer in time (a busy machine: the server's SQLite writes queue behind
+    the other tests) is "not yet", not a failure; the deadline still bounds the wait and the last such error is
+    reported with it."""
+    import httpx
+
+    last_error = None
     while time.monotonic() < deadline:
         for name, proc in procs.items():
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with {proc.returncode} while waiting for {what}")
-        value = check()
+        try:
+            value = check()
+        except httpx.TransportError as exc:
+            value, last_error = None, exc
         if value:
             return value
         time.sleep(every)   # poll interval, not a synchronisation: the loop waits on check()
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what}" + (f" (last request error: {last_error!r})" if last_error else ""))
 
 
 def healthy(api_url: str) -> bool:

@@ -1,10 +1,10 @@
 """Shared fixtures: small slices of the REAL Fashion-MNIST (Debian's dataset-fashion-mnist package).
 
 Tests never fabricate pixel data: they slice the official IDX files, which `.ci/run` / `make test`
-install. Slices are small, and what is expensive is built once per session and copied: the DVC workspaces
-(`data_workspace`: fetch -> split done; `models_workspace`: two scikit-learn models trained, evaluated and
-published), one Prefect test server (`prefect_server`) and one real `prefect server start`
-(`real_prefect_server`).
+install. Slices are small, and what is expensive is built once and copied: the DVC workspaces (`data_workspace`:
+fetch -> split done; `models_workspace`: two scikit-learn models trained, evaluated and published; each built
+once per test run and shared by the xdist workers), one Prefect test server per worker (`prefect_server`) and one
+real `prefect server start` per run (`real_prefect_server`).
 """
 
 from __future__ import annotations
@@ -187,25 +187,50 @@ class Built:
     first_run: str      # stdout of the `dvc repro` that built it (what a first run reports)
 
 
+def built_once_per_run(name: str, build) -> Built:
+    """`build(dest)` once per test RUN, not once per xdist worker: the first worker that asks builds it (in a new
+    directory under the run's shared directory, holding a file lock); the others wait on the lock and get what it
+    recorded. A failed build records nothing, so the next worker that asks fails on its own build too."""
+    import fcntl
+    import json
+    import tempfile
+
+    shared = Path(os.environ[SHARED_DIR])
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)     # released when the file closes
+        record = shared / f"{name}.json"
+        if record.exists():
+            known = json.loads(record.read_text())
+            return Built(Path(known["path"]), known["first_run"])
+        built = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)) / "ws")
+        record.write_text(json.dumps({"path": str(built.path), "first_run": built.first_run}))
+        return built
+
+
 @pytest.fixture(scope="session")
-def data_workspace(tmp_path_factory, fmnist) -> Built:
-    """Every data stage (fetch -> ingest -> validate -> convert -> images, split), run once by
+def data_workspace(fmnist) -> Built:
+    """Every data stage (fetch -> ingest -> validate -> convert -> images, split), run once per test run by
     `dvc repro split images` on the 500/200 real slice. Read-only: tests copy it (copy_workspace) first."""
-    ws = make_workspace(tmp_path_factory.mktemp("data-ws") / "ws", fmnist, **SLICE,
-                        params_overrides={"train.models": MODELS, **CHEAP})
-    proc = run_dvc("repro", "split", "images", cwd=ws)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return Built(ws, proc.stdout)
+    def build(dest: Path) -> Built:
+        ws = make_workspace(dest, fmnist, **SLICE, params_overrides={"train.models": MODELS, **CHEAP})
+        proc = run_dvc("repro", "split", "images", cwd=ws)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return Built(ws, proc.stdout)
+
+    return built_once_per_run("data-workspace", build)
 
 
 @pytest.fixture(scope="session")
-def models_workspace(tmp_path_factory, data_workspace) -> Built:
-    """data_workspace plus train/evaluate@gaussian-nb-42 and @decision-tree-42 and publish (`dvc repro`).
-    Read-only: tests copy it (copy_workspace) before changing anything."""
-    ws = copy_workspace(data_workspace.path, tmp_path_factory.mktemp("models-ws") / "ws")
-    proc = run_dvc("repro", cwd=ws)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return Built(ws, proc.stdout)
+def models_workspace(data_workspace) -> Built:
+    """data_workspace plus train/evaluate@gaussian-nb-42 and @decision-tree-42 and publish (`dvc repro`), once per
+    test run. Read-only: tests copy it (copy_workspace) before changing anything."""
+    def build(dest: Path) -> Built:
+        ws = copy_workspace(data_workspace.path, dest)
+        proc = run_dvc("repro", cwd=ws)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return Built(ws, proc.stdout)
+
+    return built_once_per_run("models-workspace", build)
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ class Api:
         import httpx
 
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=15)
+        self.http = httpx.Client(base_url=url, timeout=60)   # a loaded 2-core machine: calls outside wait_for
 
     def healthy(self) -> bool:
         import httpx
