@@ -1,5 +1,6 @@
 """serve and the registry: the champion answers by default (ONNX Runtime for a Keras model), the fallback without
-one, a champion that cannot be loaded (503), hot reload under concurrent requests, and the request log.
+one, a champion that cannot be loaded (503, or the previous one keeps answering), hot reload under concurrent
+requests, and the request log (and its writer falling behind).
 
 The registry lives in tmp_path (releases.register + set_alias, as promote writes it) over the `trained`
 workspace's tiny real models, read-only; the ONNX file is the session's one export of cnn-ours.
@@ -28,7 +29,7 @@ from pipeline.serving import releases
 from pipeline.serving.export import META_FILE, ONNX_FILE
 from pipeline.serving.request_log import LOG_DIR, RequestLog, read_window
 from pipeline.serving.serve import ServeParams, create_app
-from pipeline.serving.served import ONNX, matching_export, onnx_predictor
+from pipeline.serving.served import ONNX, LogWriter, matching_export, onnx_predictor
 from tests._trained import SEED
 from tests.conftest import shipped_section
 from tests.test_predict import png_bytes
@@ -109,6 +110,83 @@ def test_a_champion_that_cannot_be_loaded_is_503_and_named_models_still_work(tra
     assert default["model"] is None and default["why"] == "champion v1" and "cannot be loaded" in default["error"]
     named = post(client, fmnist["test"][0][0], model="gaussian-nb")
     assert named.status_code == 200 and named.json()["version"] is None
+
+
+def test_a_new_champion_that_cannot_be_loaded_leaves_the_previous_one_answering_and_says_why(
+        trained, tmp_path, fmnist, capsys):
+    make_champion(tmp_path, trained, "gaussian-nb")
+    client = TestClient(app_for(trained, tmp_path))   # no `with`, no poller: watcher.refresh() is what a poll does
+    watcher = client.app.state.watcher
+    x = fmnist["test"][0]
+    assert post(client, x[0]).json()["version"] == 1
+    broken = make_champion(tmp_path, trained, "gaussian-nb")   # v2, promoted, then its file damaged
+    skops = broken.path / registry.SKOPS_FILE
+    good = skops.read_bytes()
+    skops.write_bytes(b"not a skops file")
+    for i in range(3):   # the poll that sees the promotion, then two that retry the load
+        watcher.refresh()
+        reply = post(client, x[1 + i])
+        assert reply.status_code == 200, reply.text
+        assert (reply.json()["model"], reply.json()["version"]) == ("gaussian-nb", 1)
+    default = client.get("/models").json()["default"]
+    assert (default["model"], default["version"], default["why"]) == ("gaussian-nb", 1, "champion v1")
+    assert default["error"].startswith("champion v2 (gaussian-nb) cannot be loaded: ")
+    assert "; still serving v1" in default["error"].splitlines()[0]
+    logged = capsys.readouterr().err
+    assert logged.count("cannot be loaded") == 1 and f"serve: {default['error']}\n" in logged   # once, not per poll
+
+    releases.set_alias(tmp_path, releases.CHAMPION, 1, model="gaussian-nb", seed=SEED)   # rolled back: no error
+    watcher.refresh()
+    default = client.get("/models").json()["default"]
+    assert (default["version"], "error" in default) == (1, False)
+    releases.set_alias(tmp_path, releases.CHAMPION, 2, model="gaussian-nb", seed=SEED)   # promoted again, still broken
+    watcher.refresh()
+    assert post(client, x[4]).json()["version"] == 1 and "error" in client.get("/models").json()["default"]
+
+    skops.write_bytes(good)   # repaired, not promoted again: the next poll's retry loads it
+    assert watcher.refresh()
+    assert post(client, x[5]).json()["version"] == 2
+    assert "error" not in client.get("/models").json()["default"]
+
+
+class HeldLog(RequestLog):
+    """A RequestLog whose append waits for `release`: a writer stuck on a slow disk."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def append(self, *row):
+        self.entered.set()
+        self.release.wait()
+        super().append(*row)
+
+
+def test_a_request_log_writer_that_falls_behind_drops_and_counts_rows_and_never_blocks_a_request(fmnist, tmp_path):
+    x = fmnist["test"][0][:12]
+    log = HeldLog(tmp_path / LOG_DIR, max_rows=1000)
+    said: list[str] = []
+    writer = LogWriter(log, max_queued=3, warn_every_s=float("inf"), warn=said.append)
+    try:
+        writer.put(x[0], "gaussian-nb", 1, 0, 0.5)
+        assert log.entered.wait(60)   # the writer holds row 0 in append: its queue is empty again
+
+        def requests():
+            for i in range(1, 12):
+                writer.put(x[i], "gaussian-nb", 1, i, 0.5)
+        thread = threading.Thread(target=requests)
+        thread.start()
+        thread.join(timeout=60)   # a bound against a hang: put must return at once
+        assert not thread.is_alive(), "put waited for a writer that is behind"
+        assert writer.dropped == 8   # rows 1-3 queued, 4-11 dropped
+        assert said == ["serve: request log is behind; dropped 1 requests so far (monitoring sees fewer images)"]
+    finally:
+        log.release.set()
+    writer.close()
+    assert said[1:] == ["serve: request log dropped 8 requests in all (the writer fell behind)"]
+    written = read_window(tmp_path / LOG_DIR)   # close wrote exactly the rows that were not dropped
+    assert np.array_equal(written["images"], x[:4])
+    assert list(written["predicted"]) == [0, 1, 2, 3]
 
 
 def test_a_new_champion_is_served_without_a_restart_and_no_request_fails(trained, cnn_ours_export, tmp_path, fmnist):

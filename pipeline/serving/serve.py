@@ -5,7 +5,8 @@
     GET  /                     a page: drop an image (or try an official test image), see the top 3
     GET  /models               the models trained in models/<name>/seed-<seed>/ with their test accuracy and 95% CI,
                                and `default`: which model answers without ?model= and `why` ("champion vN" or
-                               "most accurate (no champion yet)"; `error` when the champion cannot be loaded)
+                               "most accurate (no champion yet)"; `error` when the champion cannot be loaded:
+                               `model` is then the previous champion, still answering, or null when none was)
     POST /predict?model=NAME   multipart `file` (PNG, JPEG, GIF, BMP, WebP, TIFF) -> JSON: `model`, `version`
                                (registry version, null when served from models/), `backend`, the class, its
                                probability, the top 3, `inverted`, and the 28x28 input (a PNG data URL).
@@ -14,7 +15,8 @@
     GET  /reports/...          the comparison report and model cards (reports/), read-only
 
 Refusals: an upload over `serve.max_upload_mb` 413 (before it is read), no Content-Length 411, not an image
-415/422, an unknown or untrained model 404, a champion that cannot be loaded 503 (named models still answer).
+415/422, an unknown or untrained model 404, a champion that cannot be loaded 503 when no earlier champion was loaded
+(else that one keeps answering; named models always do).
 Models load once, through ONNX Runtime where a checked export of that model file exists, else the registry's
 safe loader; the champion is hot-reloaded (`serve.reload_poll_s`) and every prediction is appended to
 <workspace>/monitoring/requests by a writer thread (pipeline.serving.served): the one thing serve writes.
@@ -173,9 +175,9 @@ def create_app(models_dir: Path | str, metrics_dir: Path | str, reports_dir: Pat
         """Which model answers without ?model=, and why: the champion, else the most accurate trained one."""
         if watcher is not None:
             served, error, number = watcher.current()
-            if served is not None:
+            if served is not None:   # with `error`: a newer champion cannot be loaded, this one still answers
                 return {"model": served.model, "version": number, "seed": served.seed, "backend": served.backend,
-                        "why": f"champion v{number}", "served": served}
+                        "why": f"champion v{number}", "served": served, **({"error": error} if error else {})}
             if error is not None:
                 return {"model": None, "version": number, "why": f"champion v{number}", "error": error}
         available = trained_models(models_dir, metrics_dir, seed)
@@ -223,7 +225,7 @@ def create_app(models_dir: Path | str, metrics_dir: Path | str, reports_dir: Pat
             served, name = fast, fast.model
         elif model is None:
             default = default_model()
-            if default.get("error"):
+            if default["model"] is None:
                 raise HTTPException(503, f"the default model ({default['why']}) cannot answer: {default['error']}; "
                                          "name a trained model with ?model=NAME (GET /models lists them)")
             served = default.get("served")

@@ -6,8 +6,12 @@
                                            (Keras, or scikit-learn's skops file)
     ChampionWatcher                        the registry's champion, reloaded by a background poller when
                                            registry/aliases.json changes: the new model is loaded fully, then one
-                                           reference is swapped, so a request in flight finishes on the old one
-    LogWriter                              RequestLog appends on a thread of its own (a request only enqueues)
+                                           reference is swapped, so a request in flight finishes on the old one;
+                                           a new champion that cannot be loaded leaves the old one serving (the
+                                           error is reported, the load retried on every poll)
+    LogWriter                              RequestLog appends on a thread of its own (a request only enqueues, into
+                                           a bounded queue: when the writer falls behind, rows are dropped and
+                                           counted, never waited for)
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -95,8 +100,10 @@ def load_served(model: str, version: int | None, seed: int, model_dir: Path, *, 
 class ChampionWatcher:
     """The registry's champion as a Served model (or why there is none), swapped atomically on a new champion.
 
-    `current()` is what a request reads: (Served | None, error | None) from one reference. `refresh()` loads a
-    new champion fully before it replaces that reference; the poller thread calls it every `poll_s` seconds.
+    `current()` is what a request reads: (Served | None, error | None, number) from one reference. `refresh()` loads
+    a new champion fully before it replaces that reference; the poller thread calls it every `poll_s` seconds. A new
+    champion that fails to load does not replace a working one: the old one keeps answering, `error` says why the
+    new one does not, and every poll retries the load (the files may be repaired without a new promotion).
     """
 
     def __init__(self, root: Path, *, threads: int, poll_s: float, use_onnx: bool = True, log=None):
@@ -104,12 +111,16 @@ class ChampionWatcher:
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self._state: tuple[Served | None, str | None, int | None] = (None, None, None)  # served, error, number
         self._stamp: object = "unread"
+        self._failed: int | None = None   # the champion version whose load failed (retried, logged once)
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def current(self) -> tuple[Served | None, str | None, int | None]:
-        """(champion, why it cannot be served, its version number); all None: no champion yet."""
+        """(the champion served, why the registry's champion is not served, the served version number).
+
+        (None, error, N): champion vN cannot be loaded and none was served before it; (served, error, M): vM still
+        answers while the newer champion cannot be loaded; all None: no champion yet."""
         if self._stamp == "unread":   # first use without a poller (tests, or before start-up finished)
             self.refresh()
         return self._state
@@ -119,35 +130,49 @@ class ChampionWatcher:
         return self._state[0] if self._stamp != "unread" else None
 
     def refresh(self) -> bool:
-        """Reload when aliases.json changed; True when the champion changed."""
+        """Reload when aliases.json changed (or retry a champion that failed to load); True when the state changed."""
         with self._refresh_lock:
             stamp = releases.aliases_stamp(self.root)
-            if stamp == self._stamp:
+            if stamp == self._stamp and self._failed is None:
                 return False
             self._stamp = stamp
             try:
                 version = releases.champion(self.root)
             except PipelineError as exc:
+                self._failed = None
                 self._state = (None, f"the registry's champion cannot be read: {exc}", None)
                 self.log(f"serve: {self._state[1]}")
                 return True
             if version is None:
+                self._failed = None
                 changed = self._state != (None, None, None)
                 self._state = (None, None, None)
                 return changed
-            served, number = self._state[0], self._state[2]
+            served, error, number = self._state
             if number == version.number and served is not None:
-                return False   # aliases.json rewritten, same champion
+                self._failed = None
+                if error is None:
+                    return False   # aliases.json rewritten, same champion
+                self._state = (served, None, number)   # the failed champion was demoted: back to the served one
+                self.log(f"serve: champion v{number} ({served.model}) is the registry's champion again")
+                return True
             try:
                 onnx = version.path / ONNX_FILE
                 new = load_served(version.model, version.number, version.seed, version.path,
                                   onnx=onnx if onnx.is_file() else None, threads=self.threads,
                                   use_onnx=self.use_onnx)
             except (PipelineError, OSError, ValueError) as exc:
-                self._state = (None, f"champion v{version.number} ({version.model}) cannot be loaded: {exc}",
-                               version.number)
-                self.log(f"serve: {self._state[1]}")
-                return True
+                error = f"champion v{version.number} ({version.model}) cannot be loaded: {exc}"
+                if served is not None:   # a working champion beats a 503: keep it until the new one loads
+                    what, newline, hint = error.partition("\n")   # a PipelineError's hint stays the last line
+                    self._state = (served, f"{what}; still serving v{number}{newline}{hint}", number)
+                else:
+                    self._state = (None, error, version.number)
+                first, self._failed = self._failed != version.number, version.number
+                if first:   # retried on every poll: say it once per version, not once per poll
+                    self.log(f"serve: {self._state[1]}")
+                return first
+            self._failed = None
             self._state = (new, None, version.number)   # one assignment: the swap
             self.log(f"serve: the default model is now champion v{version.number} ({version.model}, "
                      f"seed {version.seed}, {new.backend})")
@@ -172,14 +197,26 @@ class ChampionWatcher:
 
 
 class LogWriter:
-    """Appends to a RequestLog on its own thread; flushes every `flush_s` seconds and on close."""
+    """Appends to a RequestLog on its own thread; flushes every `flush_s` seconds and on close.
+
+    A request never waits for the disk: at most `max_queued` rows wait for the writer (give or take the requests
+    enqueueing at that very moment); beyond that a row is dropped and counted in `dropped`, and stderr says so at
+    most once every `warn_every_s` seconds, and once more at close.
+    """
 
     _CLOSE = object()
 
-    def __init__(self, log: RequestLog, flush_s: float = 5.0):
+    def __init__(self, log: RequestLog, flush_s: float = 5.0, *, max_queued: int = 8192,
+                 warn_every_s: float = 60.0, warn=None):
         self.log, self.flush_s = log, flush_s
+        self.max_queued, self.warn_every_s = int(max_queued), warn_every_s
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
+        self.dropped = 0
+        # Unbounded SimpleQueue, the bound checked in put: close's sentinel always gets in, never waits for room
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._warned_at: float | None = None
         self._thread: threading.Thread | None = None
 
     def put(self, image: np.ndarray, model: str, version: int | None, predicted: int, confidence: float) -> None:
@@ -188,7 +225,19 @@ class LogWriter:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
                     self._thread.start()
+        if self._queue.qsize() >= self.max_queued:
+            self._drop()
+            return
         self._queue.put((image, model, version, predicted, confidence))
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self.dropped += 1
+            now = time.monotonic()
+            if self._warned_at is not None and now - self._warned_at < self.warn_every_s:
+                return
+            self._warned_at, dropped = now, self.dropped
+        self.warn(f"serve: request log is behind; dropped {dropped} requests so far (monitoring sees fewer images)")
 
     def _run(self) -> None:
         while True:
@@ -202,12 +251,11 @@ class LogWriter:
             self._safely(lambda: self.log.append(*item))
         self._safely(self.log.flush)
 
-    @staticmethod
-    def _safely(action) -> None:
+    def _safely(self, action) -> None:
         try:
             action()
         except Exception as exc:   # a full disk must not stop the service: say so, keep serving
-            print(f"serve: request log write failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            self.warn(f"serve: request log write failed ({type(exc).__name__}: {exc})")
 
     def close(self) -> None:
         """Write everything enqueued so far (uvicorn's shutdown calls this)."""
@@ -218,3 +266,5 @@ class LogWriter:
             thread.join()
         else:
             self._safely(self.log.flush)
+        if self.dropped:
+            self.warn(f"serve: request log dropped {self.dropped} requests in all (the writer fell behind)")
