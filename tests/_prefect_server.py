@@ -170,3 +170,57 @@ def stop_shared_real_prefect_server(shared: Path) -> None:
             time.sleep(0.2)   # poll interval: the server is not this process's child, so it cannot wait() on it
         if process.poll() is not None:
             return
+
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def state_type(run: dict) -> str:
+    return (run.get("state") or {}).get("type", "")
+
+
+class ServerApi:
+    """The few REST calls the end-to-end tests read a real server with (plain httpx: no Prefect client settings
+    in the test process). The timeout is generous: on a loaded 2-core machine the server's SQLite writes queue."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def deployment_id(self, flow: str, name: str) -> str | None:
+        resp = self.http.get(f"/deployments/name/{flow}/{name}")
+        return resp.json()["id"] if resp.status_code == 200 else None
+
+    def flow_runs(self, deployment_id: str) -> list[dict]:
+        resp = self.http.post("/flow_runs/filter", json={
+            "flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 200})
+        resp.raise_for_status()
+        return resp.json()
+
+    def finished_runs(self, deployment_id: str, n: int) -> list[dict] | None:
+        """Every run of the deployment once at least `n` of them are in a final state, else None."""
+        runs = self.flow_runs(deployment_id)
+        return runs if sum(state_type(r) in FINAL_STATES for r in runs) >= n else None
+
+    def artifacts(self, flow_run_id: str) -> dict[str, dict]:
+        resp = self.http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+        resp.raise_for_status()
+        return {a["key"]: a for a in resp.json()}
+
+    def log_messages(self, flow_run_id: str) -> list[str]:
+        resp = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                    "sort": "TIMESTAMP_ASC", "limit": 200})
+        resp.raise_for_status()
+        return [entry["message"] for entry in resp.json()]
+
+    def events(self, name: str, resource: str) -> list[dict]:
+        from datetime import datetime, timezone
+
+        resp = self.http.post("/events/filter", json={
+            "filter": {"event": {"name": [name]}, "resource": {"id": [resource]},
+                       "occurred": {"since": "2000-01-01T00:00:00Z", "until": datetime.now(timezone.utc).isoformat()}},
+            "limit": 50})
+        resp.raise_for_status()
+        return resp.json()["events"]

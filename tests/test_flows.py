@@ -220,7 +220,7 @@ def test_watcher_runs_pipeline_only_when_source_changed(ran_workspace):
         assert fingerprint.load_state(ws)["last_success"]["digest"] == first["digest"]
         state = fingerprint.load_state(ws)
         assert fingerprint.changed(fingerprint.compute(ws, state.get("last_seen")), state.get("last_success"))
-        # (that a whole run then records the new fingerprint: tests/test_prefect_server.py, via the deployments)
+        # (that a whole run then records the new fingerprint: tests/test_loop.py, via the served deployments)
     finally:   # the module's workspace goes back to processed data for the tests that follow
         source.write_bytes(original)
         assert pipeline_flow(workspace=str(ws), targets=["fetch"], return_state=True).is_completed()

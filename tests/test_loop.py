@@ -1,34 +1,42 @@
 """The continuous-training loop end to end, as production runs it, on a real Prefect server and a real data slice.
 
-One workspace (a copy of the shared `models_workspace`: the 500/200 slice, gaussian-nb and decision-tree) with a
-CustomWebhook notification block named in params.yaml, a webhook receiver on loopback and the model service
-(`python -m pipeline serve`) running beside the flows, each started as a user starts it:
-1. `python -m flows run`: every stage is cached, the promotion step makes the run's best model the first
-   champion (version 1) and the service answers with it;
-2. a valid data change (other real training rows): the models retrain, a promotion is decided and announced
-   ("promotion" with old -> new), and the RUNNING service answers with version 2 without a restart;
-3. an inverted-image change: the gate rejects it (exit 3), the webhook gets "gate-rejected" with the failed
+One workspace (a copy of the shared `models_workspace`: the 500/200 slice, gaussian-nb and decision-tree, every
+stage run, nothing yet recorded as processed) with a CustomWebhook notification block named in params.yaml, a
+webhook receiver on loopback, `python -m flows serve` (the watcher deployment on a short interval, the pipeline
+deployment triggered by its event) and the model service (`python -m pipeline serve`), each started as a user
+starts it. Read only through the server's API, the webhook, the service and the workspace's files:
+1. the first scheduled check announces the data (`fmnist.dataset.changed`), the triggered run completes (every
+   stage restored from cache), records the fingerprint and makes the best model the first champion (v1, announced
+   "promotion"); the running service answers with it;
+2. a valid data change (other real training rows): the watcher announces it, a second triggered run retrains,
+   promotes v2 (announced old -> new, with McNemar) and the RUNNING service answers with v2 without a restart; the
+   run's comparison artifact renders in the UI (figures embedded);
+3. a later scheduled check finds the data unchanged: it emits nothing and starts no run;
+4. an inverted-image change: the triggered run fails at the gate, the webhook gets "gate-rejected" with the failed
    check, and neither the champion alias nor the service's answers change;
-4. foreign images (noise) sent to the service: `python -m flows monitor` alerts (exit 3) and the webhook gets
+5. foreign images (noise) sent to the service: `python -m flows monitor` alerts (exit 3) and the webhook gets
    "monitor-alert" naming what drifted.
-Every wait is on a condition with a bound; each process is stopped in `finally`.
+Every wait is on a condition with a bound; each process is stopped in `finally` (the server at the run's end).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
-from _prefect_server import free_port, stop_group, wait_for
+from _prefect_server import ServerApi, free_port, state_type, stop_group, wait_for
 from _webhook import WebhookReceiver
 from conftest import REPO, copy_workspace
 from tests.test_predict import png_bytes
 
+from flows import DATASET_CHANGED_EVENT, fingerprint
+from flows.watcher import resource_id
 from pipeline.data.fetch import to_kaggle_table, write_kaggle_csv
 from pipeline.serving import releases
 
@@ -36,7 +44,12 @@ pytestmark = pytest.mark.slow
 
 BLOCK = "loop-alerts"
 BOUND_S = 600            # a bound on every wait (so a hang fails), not a speed requirement
-TRAIN_CSV = "source/fashion-mnist_train.csv"
+TRAIN_CSV = Path("source/fashion-mnist_train.csv")
+PIPELINE = ("fmnist-pipeline", "on-dataset-change")
+WATCHER = ("fmnist-dataset-watcher", "scheduled")
+# The watcher's schedule. Each check is a flow run in a process of its own: shorter means more CPU taken from the
+# rest of the suite, longer means more waiting for the next check.
+INTERVAL_S = 8
 
 
 @pytest.fixture
@@ -50,11 +63,35 @@ def loop_workspace(models_workspace, real_prefect_server, tmp_path):
     return ws
 
 
+def write_rows(ws: Path, x: np.ndarray, y: np.ndarray) -> str:
+    """Replace the workspace's training CSV (as a new export of the data would); its new fingerprint."""
+    write_kaggle_csv(to_kaggle_table(x, y), ws / TRAIN_CSV)
+    return fingerprint.compute(ws)["digest"]
+
+
 def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop_workspace, real_prefect_server,
                                                                           fmnist, tmp_path):
     ws = loop_workspace
-    env = dict(os.environ, PYTHONPATH=str(REPO), PREFECT_API_URL=real_prefect_server.api_url, PYTHONUNBUFFERED="1")
-    procs: dict[str, subprocess.Popen] = {}
+    deadline = time.monotonic() + BOUND_S
+    env = dict(real_prefect_server.env, PYTHONUNBUFFERED="1")
+    api = ServerApi(real_prefect_server.api_url)
+    resource = resource_id(ws)
+    procs: dict[str, subprocess.Popen] = {"prefect server": real_prefect_server.process}
+    logs = {"prefect server": real_prefect_server.log, "flows serve": tmp_path / "flows-serve.log",
+            "model service": tmp_path / "model-service.log"}
+
+    def start(name: str, *cmd: str, cwd: Path) -> None:
+        with open(logs[name], "wb") as out:
+            procs[name] = subprocess.Popen([sys.executable, *cmd], cwd=cwd, env=env, stdout=out,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(name: str) -> None:
+        stop_group(procs.pop(name, None))   # a graceful stop: the service flushes its request log
+
+    def flow_runs_finished(n: int) -> list[dict]:
+        return wait_for(f"{n} triggered pipeline run(s) to finish", lambda: api.finished_runs(pipeline_id, n),
+                        deadline, procs, every=2)
+
     with WebhookReceiver() as hook:
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -62,27 +99,13 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
         with temporary_settings(updates={PREFECT_API_URL: real_prefect_server.api_url}):
             CustomWebhookNotificationBlock(name="loop", url=hook.url, json_data={
                 "subject": "{{subject}}", "body": "{{body}}"}).save(BLOCK, overwrite=True)
-
-        def flow(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "flows", *args, "--workspace", str(ws)], env=env, cwd=ws,
-                                  capture_output=True, text=True, timeout=BOUND_S)
-
-        # 1. the first run: the best model becomes the champion
-        first = flow("run")
-        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-        champion = releases.champion(ws)
-        assert champion is not None and champion.number == 1
-        first_news = hook.wait(1, BOUND_S)[-1]
-        assert first_news["subject"].startswith("[promotion]") and "promoted" in first_news["subject"], first_news
-        assert "Champion: none -> v1" in first_news["body"] and "test accuracy" in first_news["body"], first_news
-
-        port = free_port()
-        log = open(tmp_path / "serve.log", "w")
-        procs["serve"] = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=ws,
-                                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             import httpx
 
+            start("flows serve", "-m", "flows", "serve", "--workspace", str(ws), "--interval", str(INTERVAL_S),
+                  cwd=REPO)
+            port = free_port()
+            start("model service", "-m", "pipeline", "serve", "--port", str(port), cwd=ws)
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
             x_test = fmnist["test"][0]
 
@@ -93,42 +116,97 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
                     return None
                 return resp.json()["version"] if resp.status_code == 200 else None
 
-            assert wait_for("the service to answer", served_version, time.monotonic() + BOUND_S, procs) == 1
+            pipeline_id = wait_for("the served pipeline deployment", lambda: api.deployment_id(*PIPELINE),
+                                   deadline, procs)
+            watcher_id = wait_for("the served watcher deployment", lambda: api.deployment_id(*WATCHER),
+                                  deadline, procs)
 
-            # 2. a valid data change: other real rows, as many as the gate expects
+            # 1. Nothing processed yet: the first check announces the slice; the triggered run records it and
+            # makes the first champion, which the service then answers with.
+            first_fp = fingerprint.compute(ws)["digest"]
+            wait_for("the first fmnist.dataset.changed event", lambda: api.events(DATASET_CHANGED_EVENT, resource),
+                     deadline, procs)
+            run1 = flow_runs_finished(1)
+            assert [state_type(r) for r in run1] == ["COMPLETED"], run1
+            assert run1[0]["parameters"]["workspace"] == str(ws)
+            assert fingerprint.load_state(ws)["last_success"]["digest"] == first_fp
+            assert releases.champion(ws).number == 1
+            first_news = hook.wait(1, BOUND_S)[-1]
+            assert first_news["subject"].startswith("[promotion]") and "promoted" in first_news["subject"], first_news
+            assert "Champion: none -> v1" in first_news["body"] and "test accuracy" in first_news["body"], first_news
+            wait_for("the service to serve version 1", lambda: served_version() == 1, deadline, procs, every=0.5)
+
+            # 2. A valid data change (other real rows, as many as the gate expects): announced, retrained, promoted
+            # and served by the running service.
             x, y = fmnist["train"]
-            write_kaggle_csv(to_kaggle_table(x[500:1000], y[500:1000]), ws / TRAIN_CSV)
-            second = flow("run")
-            assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+            second_fp = write_rows(ws, x[500:1000], y[500:1000])
+            assert second_fp != first_fp
+            wait_for("the event announcing the change", lambda: any(
+                e["payload"].get("digest") == second_fp for e in api.events(DATASET_CHANGED_EVENT, resource)),
+                deadline, procs)
+            runs = flow_runs_finished(2)
+            assert [state_type(r) for r in runs] == ["COMPLETED", "COMPLETED"], runs
+            assert fingerprint.load_state(ws)["last_success"]["digest"] == second_fp
             assert releases.champion(ws).number == 2
             promoted = hook.wait(2, BOUND_S)[-1]
             assert promoted["subject"].startswith("[promotion]") and "promoted" in promoted["subject"], promoted
             assert "Champion: v1 -> v2" in promoted["body"] and "McNemar" in promoted["body"], promoted
-            wait_for("the service to serve version 2", lambda: served_version() == 2,
-                     time.monotonic() + BOUND_S, procs, every=0.2)
+            wait_for("the service to serve version 2", lambda: served_version() == 2, deadline, procs, every=0.5)
+            # The triggered run's comparison renders in the UI: figures embedded, no relative image links.
+            found = api.artifacts(runs[-1]["id"])
+            assert {"fmnist-model-comparison", "fmnist-model-comparison-table", "fmnist-validation"} <= set(found)
+            comparison = found["fmnist-model-comparison"]["data"]
+            assert "](data:image/png;base64," in comparison and "](figures/" not in comparison
+            assert "gaussian-nb" in json.dumps(found["fmnist-model-comparison-table"]["data"])
 
-            # 3. inverted images: the gate rejects them, nothing in service changes
+            # 3. No change: a scheduled check that started after the second run finished emits nothing, runs nothing.
+            done_at = max(datetime.fromisoformat(r["end_time"]) for r in runs)
+            events_before = api.events(DATASET_CHANGED_EVENT, resource)
+            assert [e["payload"]["digest"] for e in events_before].count(second_fp) == 1
+            later = wait_for("a scheduled watcher run that started after the second pipeline run",
+                             lambda: [r for r in api.flow_runs(watcher_id) if state_type(r) == "COMPLETED"
+                                      and datetime.fromisoformat(r["start_time"]) > done_at], deadline, procs, every=2)
+            # That check found the data unchanged and emitted nothing (its own log says so; no waiting on a clock)...
+            said = wait_for("the later watcher run's log", lambda: [m for m in api.log_messages(later[0]["id"])
+                                                                     if "unchanged" in m or "emitted" in m],
+                            deadline, procs)
+            assert any("unchanged since the last successful run" in m for m in said), said
+            assert not any("emitted" in m for m in said), said
+            # ...so no new event exists and no third pipeline run was started.
+            assert len(api.events(DATASET_CHANGED_EVENT, resource)) == len(events_before), "unchanged data announced"
+            assert len(api.flow_runs(pipeline_id)) == 2, "unchanged data must not start a pipeline run"
+
+            # 4. Inverted images: the triggered run stops at the gate; nothing in service changes.
             aliases_before = (ws / "registry" / "aliases.json").read_bytes()
-            write_kaggle_csv(to_kaggle_table(255 - x[500:1000], y[500:1000]), ws / TRAIN_CSV)
-            rejected = flow("run")
-            assert rejected.returncode == 3, rejected.stdout[-3000:] + rejected.stderr[-3000:]
+            write_rows(ws, 255 - x[500:1000], y[500:1000])
+            runs = flow_runs_finished(3)
+            assert [state_type(r) for r in runs] == ["COMPLETED", "COMPLETED", "FAILED"], runs
             gate = hook.wait(3, BOUND_S)[-1]
             assert gate["subject"].startswith("[gate-rejected]") and "validate" in gate["subject"], gate
             # the failed check: inverted garments are mostly white, so the gate's degenerate-image check fires first
             assert str(ws) in gate["body"] and "degenerate" in gate["body"] and "train:" in gate["body"], gate
             assert (ws / "registry" / "aliases.json").read_bytes() == aliases_before
+            assert fingerprint.load_state(ws)["last_success"]["digest"] == second_fp   # a failed run records nothing
             assert served_version() == 2
+            stop("flows serve")
 
-            # 4. foreign images served (noise: not a garment; inverted garments would not do, the service turns
-            # a light-background picture back as Fashion-MNIST was made) -> the monitor alerts
+            # 5. Foreign images served (noise: not a garment; inverted garments would not do, the service turns a
+            # light-background picture back as Fashion-MNIST was made) -> the monitor alerts.
             noise = np.random.default_rng(0).integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
             for image in noise:
                 resp = http.post("/predict", files={"file": ("a.png", png_bytes(image), "image/png")})
                 assert resp.status_code == 200, resp.text
+            stop("model service")
+        except BaseException:
+            for name, log in logs.items():
+                if log.exists():
+                    print(f"----- {name} log (tail) -----\n" + log.read_text(errors="replace")[-6000:])
+            raise
         finally:
-            stop_group(procs.pop("serve"))    # a graceful stop flushes the request log
-            log.close()
-        watch = flow("monitor")
+            for name in ("flows serve", "model service"):
+                stop(name)
+        watch = subprocess.run([sys.executable, "-m", "flows", "monitor", "--workspace", str(ws)], env=env, cwd=ws,
+                               capture_output=True, text=True, timeout=BOUND_S)
         assert watch.returncode == 3, watch.stdout[-3000:] + watch.stderr[-3000:]
         alert = hook.wait(4, BOUND_S)[-1]
         assert alert["subject"].startswith("[monitor-alert]"), alert
