@@ -116,6 +116,17 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
                     return None
                 return resp.json()["version"] if resp.status_code == 200 else None
 
+            def promoted_and_served(version: int, digest: str, change: str, evidence: str) -> None:
+                """The run that finished recorded `digest`, promoted `version` (the webhook's n-th message says
+                `change` with its `evidence`), and the running service answers with it."""
+                assert fingerprint.load_state(ws)["last_success"]["digest"] == digest
+                assert releases.champion(ws).number == version
+                news = hook.wait(version, BOUND_S)[-1]
+                assert news["subject"].startswith("[promotion]") and "promoted" in news["subject"], news
+                assert change in news["body"] and evidence in news["body"], news
+                wait_for(f"the service to serve version {version}", lambda: served_version() == version,
+                         deadline, procs, every=0.5)
+
             pipeline_id = wait_for("the served pipeline deployment", lambda: api.deployment_id(*PIPELINE),
                                    deadline, procs)
             watcher_id = wait_for("the served watcher deployment", lambda: api.deployment_id(*WATCHER),
@@ -129,12 +140,7 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
             run1 = flow_runs_finished(1)
             assert [state_type(r) for r in run1] == ["COMPLETED"], run1
             assert run1[0]["parameters"]["workspace"] == str(ws)
-            assert fingerprint.load_state(ws)["last_success"]["digest"] == first_fp
-            assert releases.champion(ws).number == 1
-            first_news = hook.wait(1, BOUND_S)[-1]
-            assert first_news["subject"].startswith("[promotion]") and "promoted" in first_news["subject"], first_news
-            assert "Champion: none -> v1" in first_news["body"] and "test accuracy" in first_news["body"], first_news
-            wait_for("the service to serve version 1", lambda: served_version() == 1, deadline, procs, every=0.5)
+            promoted_and_served(1, first_fp, "Champion: none -> v1", "test accuracy")
 
             # 2. A valid data change (other real rows, as many as the gate expects): announced, retrained, promoted
             # and served by the running service.
@@ -146,12 +152,7 @@ def test_data_change_to_served_champion_gate_rejection_and_monitoring_alert(loop
                 deadline, procs)
             runs = flow_runs_finished(2)
             assert [state_type(r) for r in runs] == ["COMPLETED", "COMPLETED"], runs
-            assert fingerprint.load_state(ws)["last_success"]["digest"] == second_fp
-            assert releases.champion(ws).number == 2
-            promoted = hook.wait(2, BOUND_S)[-1]
-            assert promoted["subject"].startswith("[promotion]") and "promoted" in promoted["subject"], promoted
-            assert "Champion: v1 -> v2" in promoted["body"] and "McNemar" in promoted["body"], promoted
-            wait_for("the service to serve version 2", lambda: served_version() == 2, deadline, procs, every=0.5)
+            promoted_and_served(2, second_fp, "Champion: v1 -> v2", "McNemar")
             # The triggered run's comparison renders in the UI: figures embedded, no relative image links.
             found = api.artifacts(runs[-1]["id"])
             assert {"fmnist-model-comparison", "fmnist-model-comparison-table", "fmnist-validation"} <= set(found)
